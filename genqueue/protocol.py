@@ -1,0 +1,46 @@
+"""The contract between scheduler and workers: task name, queue names, model references.
+
+Both sides import this module (it imports nothing heavy), so a queue name computed at
+submission always matches the one a worker for the same model consumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+#: Celery task name; the scheduler sends it by name and never imports worker code.
+TASK_NAME = "genqueue.run_task"
+
+#: Built-in tiny models, built locally on first use (no download); for quick starts and
+#: tests. Their weights are random: the text they generate is gibberish.
+TINY_MODELS = ("tiny-gpt2", "tiny-t5")
+
+
+def cache_dir() -> Path:
+    """Where genqueue keeps built tiny models and embedded-run state by default."""
+    root = os.environ.get("GENQUEUE_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "genqueue"
+    )
+    return Path(root)
+
+
+def resolve_model_ref(model: str) -> str:
+    """Canonical model reference: a built-in tiny model's directory, an absolute path for
+    a local directory, or the hub id unchanged."""
+    if model in TINY_MODELS:
+        return str(cache_dir() / "models" / model)
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        return str(path.resolve())
+    return model
+
+
+def queue_for(model_ref: str, revision: str | None = None) -> str:
+    """The Redis queue of one model: readable slug plus a short hash of the exact ref."""
+    key = f"{model_ref}@{revision or ''}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model_ref).name or model_ref)[:48].strip("-")
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return f"genqueue.{slug}.{digest}"

@@ -1,0 +1,1 @@
+"""genqueue.worker.engines."""
