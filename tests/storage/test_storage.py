@@ -1,0 +1,182 @@
+"""The SQL store on SQLite and PostgreSQL: schema, leases, idempotent results, lifecycle."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from genqueue.storage import jobs, leases
+from genqueue.storage.db import Store
+from genqueue.storage.models import Base, Job, ResultStatus, Task
+from genqueue.storage.results import NewResult, iter_results, write_results
+
+
+def make_job(store: Store, n: int = 10, chunk: int = 4, **fields: Any) -> Job:
+    job = jobs.create_job(store, kind="generate", model="m", queue="q", params={},
+                          chunk_size=chunk, priority=5, meta={}, options={}, **fields)
+    assert isinstance(job, Job)
+    items = [jobs.NewItem(line=i + 1, custom_id=f"c{i}", prompt=f"p{i}") for i in range(n)]
+    plan = [list(range(i, min(n, i + chunk))) for i in range(0, n, chunk)]
+    jobs.add_chunk(store, job, 0, items, plan)
+    jobs.open_job(store, job.id, n)
+    return job
+
+
+def task_ids(store: Store, job_id: str) -> list[int]:
+    with store.session() as s:
+        return [t.id for t in s.query(Task).filter_by(job_id=job_id).order_by(Task.id)]
+
+
+def ok(idx: int, text: str = "out") -> NewResult:
+    return NewResult(idx=idx, status=ResultStatus.SUCCEEDED, output=text, finish_reason="length",
+                     prompt_tokens=3, completion_tokens=4)
+
+
+def test_migrations_match_models(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_claim_write_finish_completes_job(store: Store) -> None:
+    job = make_job(store, n=10, chunk=4)
+    tids = task_ids(store, job.id)
+    assert len(tids) == 3
+    for tid in tids:
+        claim = leases.claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3)
+        assert isinstance(claim, leases.Claim)
+        assert claim.attempt == 1
+        written, dups = write_results(store, claim, [ok(i.idx) for i in claim.items])
+        assert (written, dups) == (len(claim.items), 0)
+        assert leases.finish_task(store, claim, outcome="done") == "done"
+    assert jobs.finalize_job(store, job.id) == "completed"
+    view = jobs.view_job(store, job.id)
+    assert view.counts.succeeded == 10 and view.counts.pending == 0
+    rows = list(iter_results(store, job.id))
+    assert [r.index for r in rows] == list(range(10))
+    assert rows[0].to_record()["usage"] == {"prompt_tokens": 3, "completion_tokens": 4}
+
+
+def test_first_writer_wins_and_duplicates_are_counted(store: Store) -> None:
+    job = make_job(store, n=4, chunk=4)
+    (tid,) = task_ids(store, job.id)
+    first = leases.claim_task(store, tid, "w1", lease_seconds=0.01, max_attempts=3)
+    assert isinstance(first, leases.Claim)
+    time.sleep(0.05)  # lease expires: a second worker steals it
+    second = leases.claim_task(store, tid, "w2", lease_seconds=30, max_attempts=3)
+    assert isinstance(second, leases.Claim)
+    assert write_results(store, second, [ok(i, "second") for i in range(4)]) == (4, 0)
+    assert write_results(store, first, [ok(i, "first") for i in range(4)]) == (0, 4)
+    assert {r.output for r in iter_results(store, job.id)} == {"second"}
+    assert jobs.view_job(store, job.id).job.duplicate_executions == 4
+    assert jobs.view_job(store, job.id).counts.succeeded == 4
+    # The slow worker lost its lease: its heartbeat says so and its finish changes nothing.
+    assert not leases.heartbeat(store, first, 30)
+    assert leases.heartbeat(store, second, 30)
+
+
+def test_live_lease_cannot_be_claimed(store: Store) -> None:
+    job = make_job(store, n=2, chunk=2)
+    (tid,) = task_ids(store, job.id)
+    assert isinstance(leases.claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3),
+                      leases.Claim)
+    refused = leases.claim_task(store, tid, "w2", lease_seconds=30, max_attempts=3)
+    assert isinstance(refused, leases.ClaimRefused) and refused.reason == "leased"
+
+
+def test_expired_lease_is_requeued_and_partial_work_kept(store: Store) -> None:
+    job = make_job(store, n=4, chunk=4)
+    (tid,) = task_ids(store, job.id)
+    claim = leases.claim_task(store, tid, "w1", lease_seconds=0.01, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    write_results(store, claim, [ok(0), ok(1)])  # then the worker dies
+    time.sleep(0.05)
+    assert leases.recover_expired(store, max_attempts=3) == [tid]
+    again = leases.claim_task(store, tid, "w2", lease_seconds=30, max_attempts=3)
+    assert isinstance(again, leases.Claim)
+    assert [i.idx for i in again.items] == [2, 3]  # finished items are not redone
+    assert again.attempt == 2
+
+
+def test_poison_task_is_split_then_the_item_fails(store: Store) -> None:
+    job = make_job(store, n=4, chunk=4)
+    (tid,) = task_ids(store, job.id)
+    pending = [tid]
+    failed_items: set[int] = set()
+    for _ in range(20):  # every claim "crashes" on item 2
+        if not pending:
+            break
+        t = pending.pop()
+        got = leases.claim_task(store, t, "w", lease_seconds=0.001, max_attempts=2)
+        if isinstance(got, leases.ClaimRefused):
+            pending.extend(got.new_tasks)
+            continue
+        good = [ok(i.idx) for i in got.items if i.idx != 2]
+        if len(got.items) > 1:
+            time.sleep(0.01)
+            pending.extend(leases.recover_expired(store, max_attempts=2) or [t])
+            continue
+        write_results(store, got, good)
+        leases.finish_task(store, got, outcome="done") if good else time.sleep(0.01)
+        if not good:
+            pending.extend(leases.recover_expired(store, max_attempts=2) or [t])
+    rows = {r.index: r for r in iter_results(store, job.id)}
+    failed_items = {i for i, r in rows.items() if r.status == "failed"}
+    assert failed_items == {2}
+    assert rows[2].error_code == "attempts_exhausted"
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert jobs.finalize_job(store, job.id) == "completed_with_errors"
+
+
+def test_cancel_marks_unfinished_items(store: Store) -> None:
+    job = make_job(store, n=8, chunk=4)
+    first, _second = task_ids(store, job.id)
+    claim = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    write_results(store, claim, [ok(claim.items[0].idx)])
+    assert jobs.request_cancel(store, job.id)
+    assert leases.job_stop_requested(store, job.id)
+    assert leases.finish_task(store, claim, outcome="stopped") == "cancelled"
+    assert jobs.finalize_job(store, job.id) == "cancelled"
+    statuses = [r.status for r in iter_results(store, job.id)]
+    assert statuses.count("succeeded") == 1 and statuses.count("cancelled") == 7
+    assert not jobs.request_cancel(store, job.id)  # already final
+
+
+def test_expired_deadline_keeps_partial_results(store: Store) -> None:
+    job = make_job(store, n=4, chunk=2)
+    first, second = task_ids(store, job.id)
+    claim = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    write_results(store, claim, [ok(i.idx) for i in claim.items])
+    leases.finish_task(store, claim, outcome="done")
+    assert jobs.expire_job(store, job.id)
+    view = jobs.view_job(store, job.id)
+    assert view.job.state == "expired"
+    assert (view.counts.succeeded, view.counts.expired) == (2, 2)
+    refused = leases.claim_task(store, second, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(refused, leases.ClaimRefused)
+
+
+def test_idempotency_key_returns_existing_job(store: Store) -> None:
+    job = make_job(store, n=2, idempotency_key="k1")
+    again = jobs.create_job(store, kind="generate", model="m", queue="q", params={},
+                            chunk_size=2, idempotency_key="k1")
+    assert again == job.id
+
+
+def test_failed_items_make_completed_with_errors_or_failed(store: Store) -> None:
+    job = make_job(store, n=2, chunk=2)
+    (tid,) = task_ids(store, job.id)
+    claim = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    bad = [NewResult(idx=i, status=ResultStatus.FAILED, error_code="x", error_message="y")
+           for i in range(2)]
+    write_results(store, claim, bad)
+    leases.finish_task(store, claim, outcome="done")
+    assert jobs.finalize_job(store, job.id) == "failed"
+    rec = next(iter(iter_results(store, job.id))).to_record()
+    assert rec["error"] == {"code": "x", "message": "y"} and rec["usage"] is None
