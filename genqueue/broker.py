@@ -1,0 +1,81 @@
+"""The Celery configuration both sides share: at-least-once delivery, JSON only, ids only.
+
+Messages carry a task id and nothing else (text lives in SQL). The SQL lease is the real
+clock for redelivery (see ARCHITECTURE.md §2); Redis' visibility timeout is a far backstop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from celery import Celery
+
+#: Redis list priorities: kombu pops list 0 first. Users say 0..9 with 9 the most urgent.
+PRIORITY_STEPS = list(range(10))
+PRIORITY_SEP = ":"
+
+
+def celery_config(broker_url: str) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # ride out broker outages
+        "broker_transport_options": {
+            "priority_steps": PRIORITY_STEPS,
+            "sep": PRIORITY_SEP,
+            "queue_order_strategy": "priority",
+            "visibility_timeout": 12 * 3600,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "retry_on_timeout": True,
+            "health_check_interval": 10,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+        "task_create_missing_queues": True,
+        "worker_enable_remote_control": False,
+    }
+
+
+def make_celery(broker_url: str, name: str = "genqueue") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(broker_url))
+    return app
+
+
+def broker_priority(user_priority: int) -> int:
+    """Map the user's 0..9 (9 most urgent) to kombu's Redis list order (0 popped first)."""
+    return 9 - max(0, min(9, user_priority))
+
+
+def redis_client(broker_url: str) -> Any:
+    """A plain redis-py client for the broker (queue depth, the epoch sentinel)."""
+    import redis
+
+    parsed = urlparse(broker_url)
+    if parsed.scheme in ("redis+socket", "unix"):
+        db = 0
+        for part in (parsed.query or "").split("&"):
+            if part.startswith("virtual_host=") or part.startswith("db="):
+                db = int(part.split("=", 1)[1] or 0)
+        return redis.Redis(unix_socket_path=unquote(parsed.path), db=db,
+                           socket_timeout=10, socket_connect_timeout=5)
+    return redis.Redis.from_url(broker_url.replace("rediss+", "").replace("redis+", ""),
+                                socket_timeout=10, socket_connect_timeout=5)
+
+
+def queue_depth(client: Any, queue: str) -> int:
+    """Messages waiting in a queue, over all priority lists (unacked ones excluded)."""
+    pipe = client.pipeline()
+    for pri in PRIORITY_STEPS:
+        pipe.llen(queue if pri == 0 else f"{queue}{PRIORITY_SEP}{pri}")
+    return int(sum(pipe.execute()))

@@ -1,0 +1,171 @@
+"""The Python client: submit, status, wait, results, cancel — no shelling out.
+
+    from genqueue.client import Client
+    gq = Client("postgresql://genqueue@db/genqueue", "redis://redis:6379/0")
+    job = gq.submit("reviews.jsonl", kind="generate", model="google/flan-t5-small",
+                    template="Sentiment of: {review}", max_new_tokens=8)
+    gq.wait(job)
+    for line in gq.results(job):
+        print(line["custom_id"], line["output"])
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from genqueue.params import GenerationParams
+from genqueue.settings import Settings
+
+
+class Client:
+    """A handle on one genqueue deployment (database + broker)."""
+
+    def __init__(
+        self, database_url: str | None = None, broker_url: str | None = None, *,
+        settings: Settings | None = None, dispatch: bool = True,
+    ) -> None:
+        from genqueue.storage.db import open_store
+
+        base = settings or Settings()
+        self.settings = base.model_copy(update={
+            "database_url": database_url or base.database_url,
+            "broker_url": broker_url or base.broker_url,
+        })
+        self.store = open_store(self.settings.database_url)
+        self._dispatcher: Any = None
+        self._dispatch = dispatch and bool(self.settings.broker_url)
+
+    @property
+    def dispatcher(self) -> Any:
+        if self._dispatcher is None and self._dispatch:
+            from genqueue.scheduler.dispatch import Dispatcher
+
+            self._dispatcher = Dispatcher(self.settings.broker_url or "")
+        return self._dispatcher
+
+    def submit(
+        self, source: str | Path | BinaryIO | Iterable[dict[str, Any]], *, kind: str,
+        model: str, template: str | None = None, params: GenerationParams | dict[str, Any]
+        | None = None, defaults: dict[str, str] | None = None, revision: str | None = None,
+        chunk_size: int | None = None, priority: int = 5, metadata: dict[str, Any] | None = None,
+        deadline: datetime | timedelta | None = None, idempotency_key: str | None = None,
+        truncate: bool = False, trust_remote_code: bool = False, format: str | None = None,
+        **param_kwargs: Any,
+    ) -> str:
+        """Submit a job from a file path, a binary stream, or an iterable of records;
+        returns the job id. Generation params come as `params=` or keyword arguments."""
+        from genqueue.scheduler.submit import JobSpec, submit
+
+        merged = dict(params.model_dump() if isinstance(params, GenerationParams)
+                      else params or {})
+        merged.update(param_kwargs)
+        spec = JobSpec(
+            kind=kind, model=model, template=template, params=_params(merged),
+            defaults=defaults or {}, revision=revision,
+            chunk_size=chunk_size or self.settings.chunk_size, priority=priority,
+            metadata=metadata or {}, deadline=deadline, idempotency_key=idempotency_key,
+            truncate=truncate, trust_remote_code=trust_remote_code,
+        )
+        if isinstance(source, str | Path) or hasattr(source, "read"):
+            return submit(self.store, self.dispatcher, source, spec, fmt=format).job_id  # type: ignore[arg-type]
+        with _spool(source) as stream:
+            return submit(self.store, self.dispatcher, stream, spec, fmt="jsonl",
+                          input_name="<records>").job_id
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        from genqueue.storage.jobs import view_job
+
+        return view_job(self.store, job_id).to_dict()
+
+    def jobs(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+        from genqueue.storage.jobs import list_jobs
+
+        return [v.to_dict() for v in list_jobs(self.store, limit=limit, state=state)]
+
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, poll: float = 1.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Block until the job reaches a final state; returns its final status.
+        Raises TimeoutError after `timeout` seconds."""
+        from genqueue.storage.models import FINAL_JOB_STATES
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.status(job_id)
+            if on_progress:
+                on_progress(st)
+            if st["state"] in FINAL_JOB_STATES:
+                return st
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError(f"job {job_id} still {st['state']} after {timeout}s")
+            time.sleep(poll)
+
+    def results(self, job_id: str, *, include_pending: bool = False) -> Iterator[dict[str, Any]]:
+        """Result lines in input order (what is done so far on a running job)."""
+        from genqueue.storage.results import iter_results
+
+        for row in iter_results(self.store, job_id, include_pending=include_pending):
+            yield row.to_record()
+
+    def export(self, job_id: str, path: str, *, format: str | None = None,
+               include_pending: bool = False) -> int:
+        from genqueue.scheduler.exports import export_results
+
+        return export_results(self.store, job_id, path, fmt=format,
+                              include_pending=include_pending)
+
+    def cancel(self, job_id: str) -> bool:
+        from genqueue.storage.jobs import request_cancel
+
+        return request_cancel(self.store, job_id)
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+        self.store.dispose()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _params(values: dict[str, Any]) -> GenerationParams:
+    from pydantic import ValidationError
+
+    from genqueue.params import describe_validation_error
+    from genqueue.scheduler.errors import SpecError
+
+    try:
+        return GenerationParams.model_validate(values)
+    except ValidationError as exc:
+        raise SpecError(f"invalid generation params: {describe_validation_error(exc)}") from exc
+
+
+class _spool:
+    """Records → a JSONL temp file (spills to disk past 64 MB), read back as a stream."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        self.records = records
+        self.file: IO[bytes] | None = None
+
+    def __enter__(self) -> BinaryIO:
+        f = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+        for rec in self.records:
+            f.write(json.dumps(rec, ensure_ascii=False).encode())
+            f.write(b"\n")
+        f.seek(0)
+        self.file = f
+        return f  # type: ignore[return-value]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()

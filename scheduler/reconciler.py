@@ -1,0 +1,110 @@
+"""The reconciler: the loop that makes SQL, not Redis, the source of truth.
+
+Every few seconds it (1) re-queues tasks whose lease expired (a worker died), isolating
+poison items past the attempt cap; (2) sends tasks that were never sent (a submitter
+crashed between commit and enqueue, or a worker released a task); (3) rebuilds the
+queues when Redis lost its data; (4) expires jobs past their deadline; (5) finalises
+jobs with no open task. Running several reconcilers at once is safe, only wasteful.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from genqueue.scheduler.dispatch import Dispatcher
+from genqueue.settings import Settings
+from genqueue.storage import jobs, leases
+from genqueue.storage.db import Store, as_utc, utcnow
+from genqueue.storage.models import Job, JobState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickReport:
+    requeued: int = 0
+    sent: int = 0
+    rebuilt: int = 0
+    expired_jobs: list[str] = field(default_factory=list)
+    finalized: dict[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        s = self.settings
+        recovered = leases.recover_expired(self.store, max_attempts=s.max_attempts)
+        report.requeued = len(recovered)
+        if self.dispatcher.broker_lost_data():
+            log.warning("the broker lost its data; rebuilding every queue from SQL")
+            todo = leases.queued_tasks(self.store)
+            report.rebuilt = self.dispatcher.send(self.store, todo)
+        cutoff = utcnow() - timedelta(seconds=s.dispatch_grace_seconds)
+        todo = leases.tasks_to_send(self.store, older_than=cutoff)
+        # Re-queued and split tasks are sent at once, without the grace period.
+        if recovered:
+            todo += [t for t in leases.tasks_to_send(self.store, older_than=utcnow())
+                     if t[0] in set(recovered) and t not in todo]
+        report.sent = self.dispatcher.send(self.store, todo)
+        report.sent += self._refill_empty_queues()
+        self._expire_and_finalize(report)
+        return report
+
+    def _refill_empty_queues(self) -> int:
+        """Messages can vanish without Redis restarting (a queue deleted by hand, an
+        eviction). When a queue is empty but SQL has had tasks waiting on it for a
+        while, send those again; a duplicate message is harmless (claims are atomic)."""
+        stale_before = utcnow() - timedelta(seconds=max(60.0, self.settings.lease_seconds * 2))
+        with self.store.session() as sess:
+            queues = sess.scalars(
+                select(Job.queue).where(Job.state.in_([JobState.QUEUED.value,
+                                                       JobState.RUNNING.value])).distinct()
+            ).all()
+        sent = 0
+        for queue in queues:
+            if self.dispatcher.depth(queue) > 0:
+                continue
+            stale = leases.queued_tasks(self.store, queue=queue, sent_before=stale_before)
+            if stale:
+                sent += self.dispatcher.send(self.store, stale)
+        return sent
+
+    def _expire_and_finalize(self, report: TickReport) -> None:
+        now = utcnow()
+        with self.store.session() as sess:
+            live = sess.execute(
+                select(Job.id, Job.deadline_at).where(
+                    Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
+                )
+            ).all()
+        for job_id, deadline in live:
+            dl = as_utc(deadline)
+            if dl is not None and dl <= now and jobs.expire_job(self.store, job_id):
+                report.expired_jobs.append(job_id)
+                continue
+            state = jobs.finalize_job(self.store, job_id)
+            if state:
+                report.finalized[job_id] = state
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set; errors are logged and retried next tick (a database
+        or broker outage must not kill the loop)."""
+        delay = self.settings.reconcile_interval
+        while not stop.is_set():
+            try:
+                self.tick()
+                delay = self.settings.reconcile_interval
+            except Exception as exc:  # the loop must outlive outages
+                log.warning("reconciler tick failed (%s: %s); retrying", type(exc).__name__, exc)
+                delay = min(delay * 2, 30.0)
+            stop.wait(delay)

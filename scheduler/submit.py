@@ -1,0 +1,206 @@
+"""Submitting a job: stream, validate, plan tasks, store, then dispatch.
+
+Items are read as a stream and written in windows, so memory stays flat for any input
+size. Within a window, items are sorted by prompt length before being cut into tasks
+(length-aware planning: a task's prompts pad little). The job is visible to workers only
+once every item is stored and the input is clean; a rejected input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from genqueue.params import GenerationParams
+from genqueue.protocol import TINY_MODELS, queue_for, resolve_model_ref
+from genqueue.scheduler.dispatch import Dispatcher
+from genqueue.scheduler.errors import InputError, LineProblem, SpecError
+from genqueue.scheduler.inputs import ParsedItem, detect_format, read_items
+from genqueue.scheduler.kinds import JobInputSpec, validate_spec
+from genqueue.storage import jobs, leases
+from genqueue.storage.db import Store, utcnow
+from genqueue.storage.models import Job
+
+log = logging.getLogger(__name__)
+
+#: Problems listed in an InputError (all are counted).
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything about a job except its input."""
+
+    kind: str
+    model: str
+    params: GenerationParams = field(default_factory=GenerationParams)
+    template: str | None = None
+    defaults: dict[str, str] = field(default_factory=dict)
+    revision: str | None = None
+    chunk_size: int = 64
+    priority: int = 5
+    metadata: dict[str, Any] = field(default_factory=dict)
+    deadline: datetime | timedelta | None = None
+    idempotency_key: str | None = None
+    truncate: bool = False
+    trust_remote_code: bool = False
+    #: Items sorted together by length before being cut into tasks (bounded memory).
+    planning_window: int = 8192
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    total_items: int
+    tasks: int
+    created: bool  # False when an idempotency key matched an existing job
+
+
+def check_model(model: str, params: GenerationParams) -> str:
+    """Resolve the model reference and catch what can be caught before any work: a local
+    path that does not exist, a directory without safetensors weights, max_new_tokens
+    beyond the model's context (read from config.json, no torch needed)."""
+    ref = resolve_model_ref(model)
+    if model in TINY_MODELS:
+        return ref
+    path = Path(ref)
+    if not path.is_absolute():
+        return ref  # a hub id: checked by the worker that downloads it
+    if not path.exists():
+        raise SpecError(f"model: {model!r} does not exist (a local model directory or a hub id "
+                        "like google/flan-t5-small is expected)")
+    if not path.is_dir():
+        raise SpecError(f"model: {model!r} is a file; pass the directory save_pretrained wrote")
+    if not any(path.glob("*.safetensors")):
+        raise SpecError(
+            f"model: no *.safetensors weights in {path}; genqueue loads safetensors only "
+            "(re-save the model with save_pretrained(..., safe_serialization=True))"
+        )
+    cfg_path = path / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        limit = cfg.get("n_positions") or cfg.get("max_position_embeddings")
+        if isinstance(limit, int) and params.max_new_tokens >= limit:
+            raise SpecError(
+                f"max_new_tokens: {params.max_new_tokens} is not below the model's context of "
+                f"{limit} tokens; use at most {limit - 1}"
+            )
+    return ref
+
+
+def _deadline(spec: JobSpec) -> datetime | None:
+    if spec.deadline is None:
+        return None
+    if isinstance(spec.deadline, timedelta):
+        return utcnow() + spec.deadline
+    return spec.deadline
+
+
+def _plan(window: list[ParsedItem], chunk_size: int) -> list[list[int]]:
+    """Cut a window into tasks of similar prompt length (positions into the window)."""
+    order = sorted(range(len(window)), key=lambda i: len(window[i].prompt))
+    return [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+
+
+def submit(
+    store: Store,
+    dispatcher: Dispatcher | None,
+    source: str | Path | BinaryIO,
+    spec: JobSpec,
+    *,
+    fmt: str | None = None,
+    input_name: str | None = None,
+) -> Submitted:
+    """Validate and store a job, then send its tasks (when a dispatcher is given; else
+    the reconciler sends them). Raises InputError/SpecError with every problem found."""
+    if not 1 <= spec.chunk_size <= 100_000:
+        raise SpecError(f"chunk_size: {spec.chunk_size} is out of range (1..100000)")
+    if not 0 <= spec.priority <= 9:
+        raise SpecError(f"priority: {spec.priority} is out of range (0..9, 9 most urgent)")
+    input_spec = JobInputSpec(kind=spec.kind, template=spec.template, defaults=spec.defaults,
+                              base_params=spec.params)
+    validate_spec(input_spec)
+    name = input_name or (str(source) if isinstance(source, str | Path) else "<stdin>")
+    fmt = detect_format(name if isinstance(source, str | Path) else "-", fmt)
+    model_ref = check_model(spec.model, spec.params)
+    created = jobs.create_job(
+        store, kind=spec.kind, model=model_ref, revision=spec.revision,
+        queue=queue_for(model_ref, spec.revision), template=spec.template,
+        params=spec.params.model_dump(mode="json"), chunk_size=spec.chunk_size,
+        priority=spec.priority, meta=spec.metadata, input_name=name,
+        idempotency_key=spec.idempotency_key, deadline_at=_deadline(spec),
+        options={"truncate": spec.truncate, "trust_remote_code": spec.trust_remote_code,
+                 "defaults": spec.defaults},
+    )
+    if isinstance(created, str):
+        view = jobs.view_job(store, created)
+        return Submitted(created, view.job.total_items, 0, created=False)
+    job = created
+    try:
+        total, n_tasks = _load(store, job, read_items(source, input_spec, fmt=fmt), spec, name)
+    except BaseException:
+        jobs.delete_job(store, job.id)
+        raise
+    jobs.open_job(store, job.id, total)
+    if dispatcher is not None:
+        dispatcher.send(store, leases.queued_tasks(store, job_id=job.id))
+    return Submitted(job.id, total, n_tasks, created=True)
+
+
+def _load(
+    store: Store, job: Job, stream: Iterable[ParsedItem | LineProblem], spec: JobSpec, name: str
+) -> tuple[int, int]:
+    problems: list[LineProblem] = []
+    n_problems = 0
+    window: list[ParsedItem] = []
+    next_idx = 0
+    n_tasks = 0
+
+    def flush() -> None:
+        nonlocal next_idx, n_tasks
+        if not window:
+            return
+        plan = _plan(window, spec.chunk_size)
+        items = [
+            jobs.NewItem(line=it.line, custom_id=it.custom_id or f"line-{it.line}",
+                         prompt=it.prompt, params=it.params)
+            for it in window
+        ]
+        jobs.add_chunk(store, job, next_idx, items, plan)
+        next_idx += len(window)
+        n_tasks += len(plan)
+        window.clear()
+
+    for entry in stream:
+        if isinstance(entry, LineProblem):
+            n_problems += 1
+            if len(problems) < MAX_LISTED_PROBLEMS:
+                problems.append(entry)
+            window.clear()  # stop storing: the job will be rejected anyway
+            continue
+        if n_problems:
+            continue  # keep reading to count every problem
+        window.append(entry)
+        if len(window) >= spec.planning_window:
+            flush()
+    if not n_problems:
+        flush()
+    if not n_problems:
+        for cid, lines in jobs.duplicate_custom_ids(store, job.id):
+            n_problems += 1
+            problems.append(LineProblem(
+                line=lines[0],
+                message=f"custom_id {cid!r} is used more than once (lines "
+                        f"{', '.join(map(str, lines))}); custom_id must be unique within a job",
+                custom_id=cid,
+            ))
+    if n_problems:
+        raise InputError(problems, n_problems, name)
+    if next_idx == 0:
+        raise InputError([LineProblem(line=0, message="the input has no records")], 1, name)
+    return next_idx, n_tasks

@@ -1,0 +1,117 @@
+"""One worker process: load the model once, then consume its model's queue.
+
+Each process is a Celery worker with the `solo` pool, so the process that loaded torch
+never forks (forking after torch ran deadlocks libgomp). Parallelism comes from running
+several such processes (see supervisor.py), each with its own thread budget or GPU.
+
+Run as `python -m genqueue.worker.process --model M ...` (the supervisor does this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from celery import signals
+from celery.exceptions import Reject
+
+from genqueue.broker import make_celery
+from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
+from genqueue.settings import Settings
+from genqueue.storage.db import open_store
+from genqueue.worker.retry import is_transient
+from genqueue.worker.runner import WorkerContext, run_task
+
+log = logging.getLogger("genqueue.worker")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="genqueue.worker.process")
+    p.add_argument("--model", required=True)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--engine", default="hf")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--tensor-parallel", type=int, default=1)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--host-memory-limit-mb", type=int, default=None)
+    p.add_argument("--name", default=None)
+    p.add_argument("--loglevel", default="WARNING")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.loglevel.upper(),
+                        format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s")
+    settings = Settings()
+    if not settings.broker_url:
+        raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from genqueue.worker.engines import load_engine
+
+    model_ref = resolve_model_ref(args.model)
+    store = open_store(settings.database_url)
+    engine = load_engine(
+        args.engine, model_ref, revision=args.revision, device=args.device, dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code, tensor_parallel=args.tensor_parallel,
+        host_memory_limit_mb=args.host_memory_limit_mb,
+    )
+    name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
+    app = make_celery(settings.broker_url, name="genqueue-worker")
+    queue = queue_for(model_ref, args.revision)
+
+    ctx = WorkerContext(store=store, engine=engine, settings=settings, worker_id=name)
+    ctx.send_tasks = _sender(app, store, queue)
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def genqueue_run_task(self: Any, task_id: int) -> str:
+        try:
+            return run_task(ctx, int(task_id))
+        except Exception as exc:
+            if is_transient(exc):
+                # Not our fault and not the task's: put the message back for later.
+                raise Reject(str(exc), requeue=True) from exc
+            log.exception("task %s failed", task_id)
+            raise
+
+    @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+    def _graceful(**_: Any) -> None:
+        ctx.stop.set()
+
+    log.warning("worker %s ready: model %s (%s, %s) on queue %s", name, model_ref,
+                engine.info.engine, engine.info.device, queue)
+    app.worker_main([
+        "worker", "--pool=solo", "--concurrency=1", f"--queues={queue}", f"--hostname={name}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        f"--loglevel={args.loglevel}",
+    ])
+    engine.close()
+    store.dispose()
+
+
+def _sender(app: Any, store: Any, queue: str) -> Any:
+    """Re-send task ids on this worker's queue (split or released tasks), each with its
+    task's priority."""
+    from genqueue.broker import broker_priority
+    from genqueue.storage import leases
+
+    def send(task_ids: list[int]) -> None:
+        for task_id, priority in leases.task_priorities(store, task_ids).items():
+            app.send_task(TASK_NAME, args=[task_id], queue=queue, routing_key=queue,
+                          priority=broker_priority(priority))
+        leases.mark_sent(store, task_ids)
+
+    return send
+
+
+if __name__ == "__main__":
+    main()

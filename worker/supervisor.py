@@ -1,0 +1,153 @@
+"""Running N worker processes: thread budgets or GPUs split between them, crashes restarted.
+
+The supervisor never imports torch. Each child is `python -m genqueue.worker.process`,
+which loads its own model copy. On CPU the cores are split evenly (OMP/MKL threads); on
+GPUs each child gets its own devices through CUDA_VISIBLE_DEVICES. A child that dies is
+restarted (with backoff); its task's lease expires and another worker finishes it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model: str
+    engine: str = "hf"
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    processes: int = 1
+    threads: int = 0  # per process; 0 = split the cores evenly
+    tensor_parallel: int = 1
+    trust_remote_code: bool = False
+    host_memory_limit_mb: int | None = None
+    loglevel: str = "WARNING"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this machine exposes, without importing torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the supervisor dies, so no orphan keeps a GPU."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Supervisor:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.children: list[subprocess.Popen[bytes] | None] = [None] * spec.processes
+        self.restarts = [0] * spec.processes
+        self.next_start = [0.0] * spec.processes
+        self.stopping = False
+        use_gpu = spec.device.startswith("cuda") or (spec.device == "auto" and
+                                                     spec.engine != "dry-run")
+        self.gpus = visible_gpus() if use_gpu else []
+        cores = os.cpu_count() or 1
+        self.threads = spec.threads or max(1, cores // max(1, spec.processes))
+
+    def _env(self, slot: int) -> dict[str, str]:
+        env = {**os.environ, **self.spec.env}
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        env["TOKENIZERS_PARALLELISM"] = "false"
+        if self.gpus:
+            tp = self.spec.tensor_parallel
+            mine = [self.gpus[(slot * tp + k) % len(self.gpus)] for k in range(tp)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        return env
+
+    def _spawn(self, slot: int) -> None:
+        s = self.spec
+        cmd = [sys.executable, "-m", "genqueue.worker.process", "--model", s.model,
+               "--engine", s.engine, "--device", s.device, "--dtype", s.dtype,
+               "--threads", str(self.threads), "--tensor-parallel", str(s.tensor_parallel),
+               "--loglevel", s.loglevel, "--name", f"gq-{os.getpid()}-{slot}@{os.uname()[1]}"]
+        if s.revision:
+            cmd += ["--revision", s.revision]
+        if s.trust_remote_code:
+            cmd.append("--trust-remote-code")
+        if s.host_memory_limit_mb:
+            cmd += ["--host-memory-limit-mb", str(s.host_memory_limit_mb)]
+        self.children[slot] = subprocess.Popen(cmd, env=self._env(slot),
+                                               preexec_fn=_die_with_parent)
+
+    def start(self) -> None:
+        for slot in range(self.spec.processes):
+            self._spawn(slot)
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children if c is not None and c.poll() is None]
+
+    def poll(self) -> None:
+        """Restart children that exited, with exponential backoff per slot."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for slot, child in enumerate(self.children):
+            if child is None or child.poll() is None:
+                continue
+            if self.next_start[slot] == 0.0:
+                self.restarts[slot] += 1
+                delay = min(30.0, 0.5 * 2 ** min(self.restarts[slot], 6))
+                log.warning("worker process %d exited with %s; restarting in %.1fs",
+                            child.pid, child.returncode, delay)
+                self.next_start[slot] = now + delay
+            elif now >= self.next_start[slot]:
+                self.next_start[slot] = 0.0
+                self._spawn(slot)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM (finish or release the task in flight), then SIGKILL after `grace`."""
+        self.stopping = True
+        for child in self.children:
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            if child is None:
+                continue
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def run_forever(self) -> int:
+        """Foreground mode for `genqueue worker`: supervise until SIGTERM/SIGINT."""
+        def _stop(signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        while not self.stopping:
+            self.poll()
+            time.sleep(0.5)
+        self.stop()
+        return 0
