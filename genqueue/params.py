@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: Hard ceiling for max_new_tokens when the model's own limit is unknown at submission.
 MAX_NEW_TOKENS_CEILING = 32768
@@ -32,6 +40,27 @@ class GenerationParams(BaseModel):
     do_sample: bool = False
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: tuple[str, ...] = Field((), max_length=16)
+
+    @field_validator(
+        "max_new_tokens",
+        "min_new_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "num_beams",
+        "num_return_sequences",
+        "repetition_penalty",
+        "no_repeat_ngram_size",
+        "seed",
+        mode="before",
+    )
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1: `"max_new_tokens": true` would silently
+        # generate one token. A boolean for a number is always a mistake in the input.
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -62,15 +91,53 @@ class GenerationParams(BaseModel):
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One readable line per problem: `field: message (got value)`."""
+    """One readable line per problem: `field: message (got value; allowed range)`."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "params"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(GenerationParams.model_fields)
-            msg = f"unknown parameter (allowed: {allowed})"
+            parts.append(f"{loc}: unknown parameter (allowed: {allowed})")
+            continue
+        if not loc:
+            # A cross-field check: its message names the fields; the whole input is noise.
+            parts.append(msg.removeprefix("Value error, "))
+            continue
+        msg = msg.removeprefix("Value error, ")
+        if err["type"] == "tuple_type":
+            msg = "expected a list of strings"  # users write JSON arrays, not Python tuples
+        notes = []
         got = err.get("input")
-        shown = f" (got {got!r})" if got is not None and err["type"] != "extra_forbidden" else ""
-        parts.append(f"{loc}: {msg}{shown}")
+        if got is not None:
+            shown = repr(got)
+            notes.append(f"got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+        allowed_range = _allowed_range(str(err["loc"][0]))
+        if allowed_range:
+            notes.append(f"allowed: {allowed_range}")
+        parts.append(f"{loc}: {msg}" + (f" ({'; '.join(notes)})" if notes else ""))
     return "; ".join(parts)
+
+
+def _allowed_range(name: str) -> str:
+    """`0 < temperature <= 100` for a field with numeric bounds, "" otherwise."""
+    info = GenerationParams.model_fields.get(name)
+    if info is None:
+        return ""
+    low = high = ""
+    for bound in info.metadata:
+        if isinstance(bound, Ge):
+            low = f"{_number(bound.ge)} <= "
+        elif isinstance(bound, Gt):
+            low = f"{_number(bound.gt)} < "
+        elif isinstance(bound, Le):
+            high = f" <= {_number(bound.le)}"
+        elif isinstance(bound, Lt):
+            high = f" < {_number(bound.lt)}"
+    return f"{low}{name}{high}" if low or high else ""
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,62 @@
+"""The scheduler's errors: one sub-root (`SubmissionError`) and a class per way a job is refused.
+
+Every message says what is wrong and how to fix it, because it ends up in front of the
+user who submitted the job (CLI output or an HTTP 4xx body).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from genqueue.errors import GenqueueError
+
+#: How many line problems an `InputError` message lists before "... and N more".
+MAX_PROBLEMS_SHOWN = 20
+
+
+class SubmissionError(GenqueueError):
+    """Raised when a job cannot be accepted (the sub-root of the scheduler's errors)."""
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """One input record that cannot become an item: where it is and what is wrong."""
+
+    line: int
+    message: str
+    custom_id: str | None = None
+
+    def __str__(self) -> str:
+        text = f"line {self.line}: {self.message}"
+        if self.custom_id is not None:
+            text += f" (custom_id {self.custom_id!r})"
+        return text
+
+
+class InputError(SubmissionError):
+    """Raised when some input records are invalid; the whole job is rejected before
+    anything is enqueued, and the message lists the first problems."""
+
+    def __init__(self, problems: Sequence[LineProblem], total_problems: int, source: str) -> None:
+        self.problems = list(problems)
+        self.total_problems = max(total_problems, len(self.problems))
+        self.source = source
+        shown = self.problems[:MAX_PROBLEMS_SHOWN]
+        lines = [
+            f"{source}: {self.total_problems} problem(s) in the input; nothing was submitted:",
+            *(f"  {problem}" for problem in shown),
+        ]
+        if self.total_problems > len(shown):
+            lines.append(f"  ... and {self.total_problems - len(shown)} more")
+        super().__init__("\n".join(lines))
+
+
+class SpecError(SubmissionError):
+    """Raised for an invalid job spec (unknown kind, bad parameter, bad template); the
+    message names the field and what is allowed."""
+
+
+class InputFormatError(SubmissionError):
+    """Raised when the input cannot be read at all (missing file, unknown format, not
+    UTF-8 text, corrupt Parquet or gzip); the message says what and how to fix it."""

@@ -1,0 +1,369 @@
+"""What a record means: the fields each job kind needs, how a record becomes a prompt,
+and the reserved keys (`custom_id`, per-item `params`).
+
+Default templates follow the T5/FLAN instruction style ("summarize: ..."), which
+instruction-tuned causal LMs read well too. A job may give its own template instead;
+the template then decides which fields a record needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from genqueue.params import GenerationParams, describe_validation_error
+from genqueue.scheduler.errors import SpecError, SubmissionError
+
+KINDS = ("generate", "summarize", "translate", "qa")
+
+#: Record keys that are metadata, not text: never required, never defaults.
+RESERVED_FIELDS = ("custom_id", "params")
+
+#: A custom_id is echoed in every output line; past this it is a mistake, not an id.
+MAX_CUSTOM_ID_CHARS = 512
+
+#: How many record field names an error message lists.
+_FIELDS_SHOWN = 30
+
+
+@dataclass(frozen=True)
+class _Kind:
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    full: str  # the default template when every optional field is present
+    short: str  # ... and when one is absent or blank
+
+
+_KINDS: dict[str, _Kind] = {
+    "generate": _Kind(("prompt",), (), "{prompt}", "{prompt}"),
+    "summarize": _Kind(("text",), (), "summarize: {text}", "summarize: {text}"),
+    "translate": _Kind(
+        ("text", "target_lang"),
+        ("source_lang",),
+        "translate {source_lang} to {target_lang}: {text}",
+        "translate to {target_lang}: {text}",
+    ),
+    "qa": _Kind(
+        ("question",),
+        ("context",),
+        "question: {question} context: {context}",
+        "question: {question}",
+    ),
+}
+
+
+class RecordError(SubmissionError):
+    """Raised when one record cannot become a prompt; readers turn it into a LineProblem."""
+
+
+@dataclass(frozen=True)
+class JobInputSpec:
+    """How a job turns input records into prompts, and the params per-item overrides
+    are validated against."""
+
+    kind: str
+    #: Overrides the kind's default prompt: str.format-style "{field}" over record fields
+    #: and `defaults` (record values win).
+    template: str | None = None
+    #: Job-level field values, used when a record lacks the field or leaves it blank.
+    defaults: dict[str, str] = field(default_factory=dict)
+    base_params: GenerationParams = field(default_factory=GenerationParams)
+
+
+def required_fields(kind: str) -> tuple[str, ...]:
+    """Fields a record (or the job defaults) must give for `kind` with its default template."""
+    return _kind(kind).required
+
+
+def optional_fields(kind: str) -> tuple[str, ...]:
+    """Fields the default template of `kind` uses when present and non-blank."""
+    return _kind(kind).optional
+
+
+def default_template(kind: str, *, with_optional: bool = True) -> str:
+    """The prompt template `kind` uses when the job gives none."""
+    spec = _kind(kind)
+    return spec.full if with_optional else spec.short
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The field names a template references, in order, without repeats (SpecError if
+    the template is invalid)."""
+    return tuple(dict.fromkeys(p.name for p in _compile(template) if p.name is not None))
+
+
+def validate_spec(spec: JobInputSpec) -> None:
+    """Check a job spec before any input is read, so a bad spec fails fast and once
+    instead of once per record."""
+    _kind(spec.kind)
+    if spec.template is not None:
+        if not isinstance(spec.template, str):
+            raise SpecError(f"template must be a string, got {_type_name(spec.template)}")
+        if not spec.template.strip():
+            raise SpecError("template is empty; give a template such as 'summarize: {text}'")
+        _compile(spec.template)
+    if not isinstance(spec.defaults, Mapping):
+        raise SpecError(f"defaults must be a mapping of field name to text, got {spec.defaults!r}")
+    for name, value in spec.defaults.items():
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"defaults: field names must be non-empty strings, got {name!r}")
+        if name in RESERVED_FIELDS:
+            raise SpecError(f"defaults: {name!r} is set per record, it cannot be a job default")
+        if not isinstance(value, str):
+            raise SpecError(
+                f"defaults: {name!r} must be a string, got {_type_name(value)} ({value!r})"
+            )
+    if not isinstance(spec.base_params, GenerationParams):
+        raise SpecError("base_params must be a GenerationParams")
+
+
+def render_prompt(spec: JobInputSpec, record: Mapping[str, Any]) -> str:
+    """The prompt for one record: the job's template, or the kind's default one.
+
+    Raises RecordError saying which field is missing, of the wrong type, or blank.
+    """
+    if spec.template is not None:
+        return _render_template(spec.template, record, spec.defaults)
+    kind = _kind(spec.kind)
+    values: dict[str, str] = {}
+    for name in kind.required:
+        value = _lookup(name, record, spec.defaults)
+        if value is None:
+            hint = " (or set it as a job default)" if name == "target_lang" else ""
+            raise RecordError(
+                f"missing required field {name!r} for kind {spec.kind!r}{hint}; "
+                f"{_describe_fields(record)}"
+            )
+        text = _text_field(name, value)
+        if not text.strip():
+            raise RecordError(f"field {name!r} is empty; kind {spec.kind!r} needs text in it")
+        values[name] = text
+    complete = True
+    for name in kind.optional:
+        value = _lookup(name, record, spec.defaults)
+        # A blank optional field means "not given": "context: " would only confuse a model.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            complete = False
+            continue
+        values[name] = _text_field(name, value)
+    # Values are substituted, never parsed, so braces in the text are safe.
+    return (kind.full if complete else kind.short).format_map(values)
+
+
+def record_custom_id(value: Any) -> str | None:
+    """A record's custom_id as text (integers allowed), None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecordError(
+            f"custom_id must be a string or an integer, got {_type_name(value)} ({_short(value)})"
+        )
+    text = str(value)
+    if not text.strip():
+        raise RecordError("custom_id is empty; leave it out to get a generated id")
+    if len(text) > MAX_CUSTOM_ID_CHARS:
+        raise RecordError(
+            f"custom_id is {len(text)} characters long; at most {MAX_CUSTOM_ID_CHARS} allowed"
+        )
+    return text
+
+
+def record_params(
+    value: Any, base: GenerationParams, *, json_text: bool = False
+) -> dict[str, Any] | None:
+    """A record's per-item param overrides, validated merged over the job's `base` params:
+    only the keys the record set, coerced and JSON-ready; None when it set none.
+
+    With `json_text` (CSV cells), a string is parsed as JSON and a blank one means none.
+    """
+    if value is None:
+        return None
+    if json_text and isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"params is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise RecordError(
+            'params must be an object of generation parameters, e.g. {"temperature": 0.7}, '
+            f"got {_type_name(value)} ({_short(value)})"
+        )
+    if not value:
+        return None
+    try:
+        merged = base.merged(value)
+    except ValidationError as exc:
+        raise RecordError(f"invalid params: {describe_validation_error(exc)}") from None
+    # Only the keys the item set: the job's params stay the one place for everything else.
+    dumped = merged.model_dump(mode="json")
+    return {key: dumped[key] for key in value}
+
+
+# -- templates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    literal: str
+    name: str | None
+    format_spec: str
+    conversion: str | None
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(template: str) -> tuple[_Piece, ...]:
+    """Parse a template once; only plain named fields are allowed, so a record can never
+    reach attributes or indexes of Python objects."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise SpecError(
+            f"template {template!r} is not valid: {exc}; write {{{{ and }}}} for literal braces"
+        ) from exc
+    pieces = []
+    for literal, name, format_spec, conversion in parsed:
+        if name is not None:
+            _check_field_name(template, name)
+            if format_spec and ("{" in format_spec or "}" in format_spec):
+                raise SpecError(
+                    f"template {template!r}: nested fields in a format spec "
+                    f"({{{name}:{format_spec}}}) are not supported"
+                )
+            if conversion not in (None, "s", "r", "a"):
+                raise SpecError(
+                    f"template {template!r}: unknown conversion !{conversion} in "
+                    f"{{{name}!{conversion}}}; allowed: !s, !r, !a"
+                )
+        pieces.append(_Piece(literal, name, format_spec or "", conversion))
+    return tuple(pieces)
+
+
+def _check_field_name(template: str, name: str) -> None:
+    if name == "" or name.isdigit():
+        raise SpecError(
+            f"template {template!r}: positional field {{{name}}} is not allowed; "
+            "name a record field, e.g. {text}"
+        )
+    if "." in name or "[" in name:
+        raise SpecError(
+            f"template {template!r}: {{{name}}} uses attribute or index access, which is "
+            "not allowed; name a record field directly, e.g. {text}"
+        )
+    if name != name.strip():
+        raise SpecError(
+            f"template {template!r}: field {{{name}}} has spaces around its name; "
+            f"write {{{name.strip()}}}"
+        )
+
+
+def _render_template(template: str, record: Mapping[str, Any], defaults: Mapping[str, str]) -> str:
+    parts: list[str] = []
+    for piece in _compile(template):
+        parts.append(piece.literal)
+        if piece.name is None:
+            continue
+        value = _lookup(piece.name, record, defaults)
+        if value is None:
+            where = f"; job defaults: {', '.join(defaults)}" if defaults else ""
+            raise RecordError(
+                f"template field {{{piece.name}}} is not in the record; "
+                f"{_describe_fields(record)}{where}"
+            )
+        parts.append(_format_value(piece, value))
+    prompt = "".join(parts)
+    if not prompt.strip():
+        raise RecordError("the prompt rendered from the template is empty")
+    return prompt
+
+
+def _format_value(piece: _Piece, value: Any) -> str:
+    if isinstance(value, bool):
+        # Inputs are JSON/CSV/Parquet, not Python: render booleans the way they were written.
+        value = "true" if value else "false"
+    elif not isinstance(value, str | int | float):
+        raise RecordError(
+            f"template field {{{piece.name}}} must be text or a number, "
+            f"got {_type_name(value)} ({_short(value)})"
+        )
+    if piece.conversion == "r":
+        value = repr(value)
+    elif piece.conversion == "a":
+        value = ascii(value)
+    elif piece.conversion == "s":
+        value = str(value)
+    try:
+        return format(value, piece.format_spec)
+    except (ValueError, TypeError) as exc:
+        raise RecordError(
+            f"template field {{{piece.name}}} ({_type_name(value)} {_short(value)}) cannot "
+            f"be formatted with ':{piece.format_spec}': {exc}"
+        ) from exc
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _kind(kind: str) -> _Kind:
+    try:
+        return _KINDS[kind]
+    except (KeyError, TypeError):
+        raise SpecError(f"unknown job kind {kind!r}; allowed kinds: {', '.join(KINDS)}") from None
+
+
+def _lookup(name: str, record: Mapping[str, Any], defaults: Mapping[str, str]) -> Any:
+    """The record's value, else the job default when the record's is absent, null or blank;
+    None when neither gives one."""
+    value = record.get(name)
+    blank = value is None or (isinstance(value, str) and not value.strip())
+    if blank and name in defaults:
+        return defaults[name]
+    return value
+
+
+def _text_field(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise RecordError(
+            f"field {name!r} must be a string, got {_type_name(value)} ({_short(value)})"
+        )
+    return value
+
+
+def _describe_fields(record: Mapping[str, Any]) -> str:
+    names = [str(key) for key in record]
+    if not names:
+        return "the record has no fields"
+    shown = ", ".join(names[:_FIELDS_SHOWN])
+    more = f", ... ({len(names) - _FIELDS_SHOWN} more)" if len(names) > _FIELDS_SHOWN else ""
+    return f"the record has: {shown}{more}"
+
+
+def _type_name(value: Any) -> str:
+    """JSON's name for a value's type: users write JSON, CSV or Parquet, not Python."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, bytes | bytearray):
+        return "binary"
+    return type(value).__name__
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
