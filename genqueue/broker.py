@@ -67,10 +67,17 @@ def redis_client(broker_url: str) -> Any:
         for part in (parsed.query or "").split("&"):
             if part.startswith("virtual_host=") or part.startswith("db="):
                 db = int(part.split("=", 1)[1] or 0)
-        return redis.Redis(unix_socket_path=unquote(parsed.path), db=db,
-                           socket_timeout=10, socket_connect_timeout=5)
-    return redis.Redis.from_url(broker_url.replace("rediss+", "").replace("redis+", ""),
-                                socket_timeout=10, socket_connect_timeout=5)
+        return redis.Redis(
+            unix_socket_path=unquote(parsed.path),
+            db=db,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
+    return redis.Redis.from_url(
+        broker_url.replace("rediss+", "").replace("redis+", ""),
+        socket_timeout=10,
+        socket_connect_timeout=5,
+    )
 
 
 def queue_depth(client: Any, queue: str) -> int:

@@ -1,8 +1,5 @@
 """The `genqueue` command line."""
 
-from __future__ import annotations
-
-import json
 import logging
 import os
 import sys
@@ -19,23 +16,31 @@ from genqueue.jobopts import JobOptions, with_job_options
 from genqueue.settings import Settings
 
 app = typer.Typer(
-    name="genqueue", no_args_is_help=True, add_completion=False,
+    name="genqueue",
+    no_args_is_help=True,
+    add_completion=False,
     help="A distributed job queue for batch text generation with pretrained language models.",
 )
 out = Console()
 err = Console(stderr=True)
 
-DbOpt = Annotated[str | None, typer.Option("--database-url", envvar="GENQUEUE_DATABASE_URL",
-                                           help="SQL store URL")]
-BrokerOpt = Annotated[str | None, typer.Option("--broker-url", envvar="GENQUEUE_BROKER_URL",
-                                               help="Redis broker URL")]
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", envvar="GENQUEUE_DATABASE_URL", help="SQL store URL")
+]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker-url", envvar="GENQUEUE_BROKER_URL", help="Redis broker URL")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
 def _settings(database_url: str | None = None, broker_url: str | None = None) -> Settings:
     s = Settings()
-    return s.model_copy(update={"database_url": database_url or s.database_url,
-                                "broker_url": broker_url or s.broker_url})
+    return s.model_copy(
+        update={
+            "database_url": database_url or s.database_url,
+            "broker_url": broker_url or s.broker_url,
+        }
+    )
 
 
 def _client(database_url: str | None, broker_url: str | None, *, dispatch: bool = True) -> Any:
@@ -54,8 +59,10 @@ def _default_output(input_path: str) -> str:
 
 def _summary(st: dict[str, Any], elapsed: float | None = None) -> str:
     c = st["counts"]
-    parts = [f"job {st['job_id']} {st['state']}: {c['succeeded']} succeeded",
-             f"{c['failed']} failed"]
+    parts = [
+        f"job {st['job_id']} {st['state']}: {c['succeeded']} succeeded",
+        f"{c['failed']} failed",
+    ]
     if c["cancelled"]:
         parts.append(f"{c['cancelled']} cancelled")
     if c["expired"]:
@@ -74,11 +81,20 @@ def _open_input(path: str) -> Any:
 @with_job_options
 def run(
     input: Annotated[str, typer.Argument(help="Input file (.jsonl/.csv/.parquet) or - for stdin")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Results file (.jsonl/.csv/.parquet); default: next to the input")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes (0 = one per GPU, or per 1-2 CPU cores)")] = 0,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Results file (.jsonl/.csv/.parquet); default: next to the input"
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Local worker processes (0 = one per GPU, or per 1-2 CPU cores)")
+    ] = 0,
     engine: Annotated[str, typer.Option(help="hf | deepspeed | dry-run")] = "hf",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    state_dir: Annotated[Path | None, typer.Option(help="Where the embedded database and Redis live")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where the embedded database and Redis live")
+    ] = None,
     json_out: JsonOpt = False,
     job: JobOptions = None,  # type: ignore[assignment]
 ) -> None:
@@ -90,8 +106,10 @@ def run(
 
     settings = _settings()
     state = state_dir or cache_dir() / "embedded"
-    n = workers or max(1, len(visible_gpus()) if device != "cpu" and visible_gpus()
-                       else min(4, os.cpu_count() or 1))
+    n = workers or max(
+        1,
+        len(visible_gpus()) if device != "cpu" and visible_gpus() else min(4, os.cpu_count() or 1),
+    )
     target = output or _default_output(input)
     started = time.monotonic()
     stack = EmbeddedStack.start(state, settings)
@@ -102,18 +120,29 @@ def run(
         kwargs = job.submit_kwargs()
         job_id = client.submit(_open_input(input), **kwargs)
         if not json_out:
-            err.print(f"[bold]job {job_id}[/]: {client.status(job_id)['counts']['total']} items, "
-                      f"{n} worker process(es), model {kwargs['model']}")
-        stack.start_workers(WorkerSpec(model=kwargs["model"], engine=engine,
-                                       revision=kwargs["revision"], device=device, processes=n,
-                                       trust_remote_code=kwargs["trust_remote_code"]))
+            err.print(
+                f"[bold]job {job_id}[/]: {client.status(job_id)['counts']['total']} items, "
+                f"{n} worker process(es), model {kwargs['model']}"
+            )
+        stack.start_workers(
+            WorkerSpec(
+                model=kwargs["model"],
+                engine=engine,
+                revision=kwargs["revision"],
+                device=device,
+                processes=n,
+                trust_remote_code=kwargs["trust_remote_code"],
+            )
+        )
         stack.start_reconciler()
         sup: Supervisor = stack.supervisor
 
         def check() -> None:
             if min(sup.restarts) >= 3 and client.status(job_id)["counts"]["succeeded"] == 0:
-                raise GenqueueError("the worker processes keep exiting before doing any work "
-                                    "(see their errors above); stopping")
+                raise GenqueueError(
+                    "the worker processes keep exiting before doing any work "
+                    "(see their errors above); stopping"
+                )
 
         try:
             final = follow(lambda: client.status(job_id), err, check=check)
@@ -124,8 +153,9 @@ def run(
         n_lines = client.export(job_id, target, include_pending=True)
         elapsed = time.monotonic() - started
         if json_out:
-            out.print_json(data={**final, "results": target, "lines": n_lines,
-                                 "elapsed_s": round(elapsed, 3)})
+            out.print_json(
+                data={**final, "results": target, "lines": n_lines, "elapsed_s": round(elapsed, 3)}
+            )
         else:
             err.print(_summary(final, elapsed))
             err.print(f"results: [bold]{target}[/] ({n_lines} lines)")
@@ -175,8 +205,18 @@ def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
         return
     c = st["counts"]
     table = Table(show_header=False, box=None)
-    for key in ("job_id", "state", "kind", "model", "revision", "engine", "created_at",
-                "started_at", "finished_at", "deadline_at"):
+    for key in (
+        "job_id",
+        "state",
+        "kind",
+        "model",
+        "revision",
+        "engine",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "deadline_at",
+    ):
         if st.get(key) is not None:
             table.add_row(key, str(st[key]))
     table.add_row("items", ", ".join(f"{k} {v}" for k, v in c.items()))
@@ -187,7 +227,8 @@ def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
 
 @app.command()
 def jobs(
-    database_url: DbOpt = None, json_out: JsonOpt = False,
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state")] = None,
     limit: int = 50,
 ) -> None:
@@ -200,22 +241,34 @@ def jobs(
     for r in rows:
         c = r["counts"]
         done = c["succeeded"] + c["failed"] + c["cancelled"] + c["expired"]
-        table.add_row(r["job_id"], r["state"], r["kind"], Path(r["model"]).name,
-                      f"{done}/{c['total']}", str(c["failed"]), (r["created_at"] or "")[:19])
+        table.add_row(
+            r["job_id"],
+            r["state"],
+            r["kind"],
+            Path(r["model"]).name,
+            f"{done}/{c['total']}",
+            str(c["failed"]),
+            (r["created_at"] or "")[:19],
+        )
     out.print(table)
 
 
 @app.command()
 def results(
     job_id: str,
-    output: Annotated[str, typer.Option("--output", "-o", help="File (.jsonl/.csv/.parquet) or - for stdout")] = "-",
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File (.jsonl/.csv/.parquet) or - for stdout")
+    ] = "-",
     fmt: Annotated[str | None, typer.Option("--format", help="jsonl | csv | parquet")] = None,
-    include_pending: Annotated[bool, typer.Option(help="Also list items without a result yet")] = False,
+    include_pending: Annotated[
+        bool, typer.Option(help="Also list items without a result yet")
+    ] = False,
     database_url: DbOpt = None,
 ) -> None:
     """Export a job's results (works on a running job: returns what is done)."""
     n = _client(database_url, None, dispatch=False).export(
-        job_id, output, format=fmt, include_pending=include_pending)
+        job_id, output, format=fmt, include_pending=include_pending
+    )
     if output != "-":
         err.print(f"wrote {n} lines to {output}")
 
@@ -232,16 +285,28 @@ def cancel(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
 
 @app.command()
 def worker(
-    model: Annotated[str, typer.Option("--model", "-m", help="The model this worker serves (same string as in submissions)")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="The model this worker serves (same string as in submissions)"
+        ),
+    ],
     engine: Annotated[str, typer.Option(help="hf | deepspeed | dry-run")] = "hf",
     revision: Annotated[str | None, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | float16 | bfloat16")] = "auto",
-    processes: Annotated[int, typer.Option(help="Model processes (each loads the model once)")] = 1,
+    processes: Annotated[
+        int,
+        typer.Option(
+            help="Model processes, each loading the model once (0 = one per GPU, or 1 on CPU)"
+        ),
+    ] = 1,
     threads: Annotated[int, typer.Option(help="CPU threads per process (0 = split the cores)")] = 0,
     tensor_parallel: Annotated[int, typer.Option(help="GPUs per process (deepspeed engine)")] = 1,
     trust_remote_code: bool = False,
-    host_memory_limit_mb: Annotated[int | None, typer.Option(help="CPU: halve a batch whose KV cache would exceed this")] = None,
+    host_memory_limit_mb: Annotated[
+        int | None, typer.Option(help="CPU: halve a batch whose KV cache would exceed this")
+    ] = None,
     loglevel: str = "WARNING",
     database_url: DbOpt = None,
     broker_url: BrokerOpt = None,
@@ -251,19 +316,32 @@ def worker(
 
     s = _settings(database_url, broker_url)
     if not s.broker_url or not s.database_url:
-        raise GenqueueError("a worker needs GENQUEUE_BROKER_URL and GENQUEUE_DATABASE_URL "
-                            "(or --broker-url and --database-url)")
+        raise GenqueueError(
+            "a worker needs GENQUEUE_BROKER_URL and GENQUEUE_DATABASE_URL "
+            "(or --broker-url and --database-url)"
+        )
     env = {"GENQUEUE_BROKER_URL": s.broker_url, "GENQUEUE_DATABASE_URL": s.database_url}
-    spec = WorkerSpec(model=model, engine=engine, revision=revision, device=device, dtype=dtype,
-                      processes=processes, threads=threads, tensor_parallel=tensor_parallel,
-                      trust_remote_code=trust_remote_code,
-                      host_memory_limit_mb=host_memory_limit_mb, loglevel=loglevel, env=env)
+    spec = WorkerSpec(
+        model=model,
+        engine=engine,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        processes=processes,
+        threads=threads,
+        tensor_parallel=tensor_parallel,
+        trust_remote_code=trust_remote_code,
+        host_memory_limit_mb=host_memory_limit_mb,
+        loglevel=loglevel,
+        env=env,
+    )
     raise typer.Exit(Supervisor(spec).run_forever())
 
 
 @app.command()
-def scheduler(database_url: DbOpt = None, broker_url: BrokerOpt = None,
-              loglevel: str = "INFO") -> None:
+def scheduler(
+    database_url: DbOpt = None, broker_url: BrokerOpt = None, loglevel: str = "INFO"
+) -> None:
     """Run the reconciler: re-queue expired leases, rebuild lost queues, finalise jobs."""
     import signal
     import threading

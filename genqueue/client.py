@@ -1,12 +1,12 @@
 """The Python client: submit, status, wait, results, cancel — no shelling out.
 
-    from genqueue.client import Client
-    gq = Client("postgresql://genqueue@db/genqueue", "redis://redis:6379/0")
-    job = gq.submit("reviews.jsonl", kind="generate", model="google/flan-t5-small",
-                    template="Sentiment of: {review}", max_new_tokens=8)
-    gq.wait(job)
-    for line in gq.results(job):
-        print(line["custom_id"], line["output"])
+from genqueue.client import Client
+gq = Client("postgresql://genqueue@db/genqueue", "redis://redis:6379/0")
+job = gq.submit("reviews.jsonl", kind="generate", model="google/flan-t5-small",
+                template="Sentiment of: {review}", max_new_tokens=8)
+gq.wait(job)
+for line in gq.results(job):
+    print(line["custom_id"], line["output"])
 """
 
 from __future__ import annotations
@@ -27,16 +27,22 @@ class Client:
     """A handle on one genqueue deployment (database + broker)."""
 
     def __init__(
-        self, database_url: str | None = None, broker_url: str | None = None, *,
-        settings: Settings | None = None, dispatch: bool = True,
+        self,
+        database_url: str | None = None,
+        broker_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        dispatch: bool = True,
     ) -> None:
         from genqueue.storage.db import open_store
 
         base = settings or Settings()
-        self.settings = base.model_copy(update={
-            "database_url": database_url or base.database_url,
-            "broker_url": broker_url or base.broker_url,
-        })
+        self.settings = base.model_copy(
+            update={
+                "database_url": database_url or base.database_url,
+                "broker_url": broker_url or base.broker_url,
+            }
+        )
         self.store = open_store(self.settings.database_url)
         self._dispatcher: Any = None
         self._dispatch = dispatch and bool(self.settings.broker_url)
@@ -50,33 +56,52 @@ class Client:
         return self._dispatcher
 
     def submit(
-        self, source: str | Path | BinaryIO | Iterable[dict[str, Any]], *, kind: str,
-        model: str, template: str | None = None, params: GenerationParams | dict[str, Any]
-        | None = None, defaults: dict[str, str] | None = None, revision: str | None = None,
-        chunk_size: int | None = None, priority: int = 5, metadata: dict[str, Any] | None = None,
-        deadline: datetime | timedelta | None = None, idempotency_key: str | None = None,
-        truncate: bool = False, trust_remote_code: bool = False, format: str | None = None,
+        self,
+        source: str | Path | BinaryIO | Iterable[dict[str, Any]],
+        *,
+        kind: str,
+        model: str,
+        template: str | None = None,
+        params: GenerationParams | dict[str, Any] | None = None,
+        defaults: dict[str, str] | None = None,
+        revision: str | None = None,
+        chunk_size: int | None = None,
+        priority: int = 5,
+        metadata: dict[str, Any] | None = None,
+        deadline: datetime | timedelta | None = None,
+        idempotency_key: str | None = None,
+        truncate: bool = False,
+        trust_remote_code: bool = False,
+        format: str | None = None,
         **param_kwargs: Any,
     ) -> str:
         """Submit a job from a file path, a binary stream, or an iterable of records;
         returns the job id. Generation params come as `params=` or keyword arguments."""
         from genqueue.scheduler.submit import JobSpec, submit
 
-        merged = dict(params.model_dump() if isinstance(params, GenerationParams)
-                      else params or {})
+        merged = dict(params.model_dump() if isinstance(params, GenerationParams) else params or {})
         merged.update(param_kwargs)
         spec = JobSpec(
-            kind=kind, model=model, template=template, params=_params(merged),
-            defaults=defaults or {}, revision=revision,
-            chunk_size=chunk_size or self.settings.chunk_size, priority=priority,
-            metadata=metadata or {}, deadline=deadline, idempotency_key=idempotency_key,
-            truncate=truncate, trust_remote_code=trust_remote_code,
+            kind=kind,
+            model=model,
+            template=template,
+            params=_params(merged),
+            defaults=defaults or {},
+            revision=revision,
+            chunk_size=chunk_size or self.settings.chunk_size,
+            priority=priority,
+            metadata=metadata or {},
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            truncate=truncate,
+            trust_remote_code=trust_remote_code,
         )
         if isinstance(source, str | Path) or hasattr(source, "read"):
             return submit(self.store, self.dispatcher, source, spec, fmt=format).job_id  # type: ignore[arg-type]
         with _spool(source) as stream:
-            return submit(self.store, self.dispatcher, stream, spec, fmt="jsonl",
-                          input_name="<records>").job_id
+            return submit(
+                self.store, self.dispatcher, stream, spec, fmt="jsonl", input_name="<records>"
+            ).job_id
 
     def status(self, job_id: str) -> dict[str, Any]:
         from genqueue.storage.jobs import view_job
@@ -89,7 +114,11 @@ class Client:
         return [v.to_dict() for v in list_jobs(self.store, limit=limit, state=state)]
 
     def wait(
-        self, job_id: str, *, timeout: float | None = None, poll: float = 1.0,
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 1.0,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Block until the job reaches a final state; returns its final status.
@@ -114,12 +143,12 @@ class Client:
         for row in iter_results(self.store, job_id, include_pending=include_pending):
             yield row.to_record()
 
-    def export(self, job_id: str, path: str, *, format: str | None = None,
-               include_pending: bool = False) -> int:
+    def export(
+        self, job_id: str, path: str, *, format: str | None = None, include_pending: bool = False
+    ) -> int:
         from genqueue.scheduler.exports import export_results
 
-        return export_results(self.store, job_id, path, fmt=format,
-                              include_pending=include_pending)
+        return export_results(self.store, job_id, path, fmt=format, include_pending=include_pending)
 
     def cancel(self, job_id: str) -> bool:
         from genqueue.storage.jobs import request_cancel

@@ -4,6 +4,7 @@ with no server to start."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -54,18 +55,21 @@ class EmbeddedStack:
         from genqueue.scheduler.reconciler import Reconciler
 
         rec = Reconciler(self.store, self.dispatcher, self.settings)
-        self._thread = threading.Thread(target=rec.run, args=(self._stop,), daemon=True,
-                                        name="reconciler")
+        self._thread = threading.Thread(
+            target=rec.run, args=(self._stop,), daemon=True, name="reconciler"
+        )
         self._thread.start()
 
     def start_workers(self, spec: Any) -> None:
         from genqueue.worker.supervisor import Supervisor
 
-        env = {"GENQUEUE_BROKER_URL": self.settings.broker_url or "",
-               "GENQUEUE_DATABASE_URL": self.settings.database_url or "",
-               "GENQUEUE_LEASE_SECONDS": str(self.settings.lease_seconds),
-               "GENQUEUE_TOKEN_BUDGET": str(self.settings.token_budget),
-               "GENQUEUE_MAX_BATCH_SIZE": str(self.settings.max_batch_size)}
+        env = {
+            "GENQUEUE_BROKER_URL": self.settings.broker_url or "",
+            "GENQUEUE_DATABASE_URL": self.settings.database_url or "",
+            "GENQUEUE_LEASE_SECONDS": str(self.settings.lease_seconds),
+            "GENQUEUE_TOKEN_BUDGET": str(self.settings.token_budget),
+            "GENQUEUE_MAX_BATCH_SIZE": str(self.settings.max_batch_size),
+        }
         self.supervisor = Supervisor(type(spec)(**{**spec.__dict__, "env": {**spec.env, **env}}))
         self.supervisor.start()
 
@@ -80,7 +84,5 @@ class EmbeddedStack:
         if self.store is not None:
             self.store.dispose()
         if self.redis is not None:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 self.redis.shutdown(save=False, nosave=True)
-            except Exception:  # already gone
-                pass

@@ -23,21 +23,134 @@ _P = "Generation"
 _J = "Job"
 
 OPTIONS: list[tuple[str, Any, Any]] = [
-    ("kind", Annotated[str, typer.Option("--kind", "-k", help="generate | summarize | translate | qa", rich_help_panel=_J)], "generate"),
-    ("model", Annotated[str, typer.Option("--model", "-m", help="HF hub id, local model directory, or tiny-gpt2 / tiny-t5 (built locally)", rich_help_panel=_J)], ...),
-    ("template", Annotated[str | None, typer.Option(help='Prompt template over record fields, e.g. "Sentiment of: {review}"', rich_help_panel=_J)], None),
-    ("revision", Annotated[str | None, typer.Option(help="Model revision (hub branch, tag or commit)", rich_help_panel=_J)], None),
-    ("input_format", Annotated[str | None, typer.Option("--format", help="jsonl | csv | parquet (default: from the extension)", rich_help_panel=_J)], None),
-    ("target_lang", Annotated[str | None, typer.Option(help="translate: default target language", rich_help_panel=_J)], None),
-    ("source_lang", Annotated[str | None, typer.Option(help="translate: default source language", rich_help_panel=_J)], None),
-    ("chunk_size", Annotated[int | None, typer.Option(help="Items per task (default 64)", rich_help_panel=_J)], None),
+    (
+        "kind",
+        Annotated[
+            str,
+            typer.Option(
+                "--kind", "-k", help="generate | summarize | translate | qa", rich_help_panel=_J
+            ),
+        ],
+        "generate",
+    ),
+    (
+        "model",
+        Annotated[
+            str,
+            typer.Option(
+                "--model",
+                "-m",
+                help="HF hub id, local model directory, or tiny-gpt2 / tiny-t5 (built locally)",
+                rich_help_panel=_J,
+            ),
+        ],
+        ...,
+    ),
+    (
+        "template",
+        Annotated[
+            str | None,
+            typer.Option(
+                help='Prompt template over record fields, e.g. "Sentiment of: {review}"',
+                rich_help_panel=_J,
+            ),
+        ],
+        None,
+    ),
+    (
+        "revision",
+        Annotated[
+            str | None,
+            typer.Option(help="Model revision (hub branch, tag or commit)", rich_help_panel=_J),
+        ],
+        None,
+    ),
+    (
+        "input_format",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--format",
+                help="jsonl | csv | parquet (default: from the extension)",
+                rich_help_panel=_J,
+            ),
+        ],
+        None,
+    ),
+    (
+        "target_lang",
+        Annotated[
+            str | None, typer.Option(help="translate: default target language", rich_help_panel=_J)
+        ],
+        None,
+    ),
+    (
+        "source_lang",
+        Annotated[
+            str | None, typer.Option(help="translate: default source language", rich_help_panel=_J)
+        ],
+        None,
+    ),
+    (
+        "chunk_size",
+        Annotated[int | None, typer.Option(help="Items per task (default 64)", rich_help_panel=_J)],
+        None,
+    ),
     ("priority", Annotated[int, typer.Option(help="0..9, 9 most urgent", rich_help_panel=_J)], 5),
-    ("metadata", Annotated[str | None, typer.Option(help="JSON object stored with the job", rich_help_panel=_J)], None),
-    ("deadline", Annotated[str | None, typer.Option(help="Completion window (30m, 24h, 2d) or ISO time; then the job ends 'expired'", rich_help_panel=_J)], None),
-    ("idempotency_key", Annotated[str | None, typer.Option(help="Submitting twice with the same key creates one job", rich_help_panel=_J)], None),
-    ("truncate", Annotated[bool, typer.Option(help="Cut prompts that exceed the model's context instead of failing them", rich_help_panel=_J)], False),
-    ("trust_remote_code", Annotated[bool, typer.Option(help="Allow model code from the hub (off by default)", rich_help_panel=_J)], False),
-    ("params", Annotated[str | None, typer.Option(help="Generation params as a JSON object", rich_help_panel=_P)], None),
+    (
+        "metadata",
+        Annotated[
+            str | None, typer.Option(help="JSON object stored with the job", rich_help_panel=_J)
+        ],
+        None,
+    ),
+    (
+        "deadline",
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Completion window (30m, 24h, 2d) or ISO time; then the job ends 'expired'",
+                rich_help_panel=_J,
+            ),
+        ],
+        None,
+    ),
+    (
+        "idempotency_key",
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Submitting twice with the same key creates one job", rich_help_panel=_J
+            ),
+        ],
+        None,
+    ),
+    (
+        "truncate",
+        Annotated[
+            bool,
+            typer.Option(
+                help="Cut prompts that exceed the model's context instead of failing them",
+                rich_help_panel=_J,
+            ),
+        ],
+        False,
+    ),
+    (
+        "trust_remote_code",
+        Annotated[
+            bool,
+            typer.Option(help="Allow model code from the hub (off by default)", rich_help_panel=_J),
+        ],
+        False,
+    ),
+    (
+        "params",
+        Annotated[
+            str | None, typer.Option(help="Generation params as a JSON object", rich_help_panel=_P)
+        ],
+        None,
+    ),
     ("max_new_tokens", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
     ("min_new_tokens", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
     ("temperature", Annotated[float | None, typer.Option(rich_help_panel=_P)], None),
@@ -47,13 +160,43 @@ OPTIONS: list[tuple[str, Any, Any]] = [
     ("num_return_sequences", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
     ("repetition_penalty", Annotated[float | None, typer.Option(rich_help_panel=_P)], None),
     ("no_repeat_ngram_size", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
-    ("do_sample", Annotated[bool | None, typer.Option("--do-sample/--greedy", rich_help_panel=_P)], None),
-    ("seed", Annotated[int | None, typer.Option(help="Seed for sampling; each item's output is reproducible", rich_help_panel=_P)], None),
-    ("stop", Annotated[list[str] | None, typer.Option(help="Stop string (repeatable)", rich_help_panel=_P)], None),
+    (
+        "do_sample",
+        Annotated[bool | None, typer.Option("--do-sample/--greedy", rich_help_panel=_P)],
+        None,
+    ),
+    (
+        "seed",
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Seed for sampling; each item's output is reproducible", rich_help_panel=_P
+            ),
+        ],
+        None,
+    ),
+    (
+        "stop",
+        Annotated[
+            list[str] | None, typer.Option(help="Stop string (repeatable)", rich_help_panel=_P)
+        ],
+        None,
+    ),
 ]
-PARAM_NAMES = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "num_beams",
-               "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size",
-               "do_sample", "seed", "stop")
+PARAM_NAMES = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "num_beams",
+    "num_return_sequences",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "do_sample",
+    "seed",
+    "stop",
+)
 
 
 class OptionError(GenqueueError):
@@ -91,12 +234,20 @@ class JobOptions:
             if not isinstance(meta, dict):
                 raise OptionError("--metadata must be a JSON object")
         return {
-            "kind": v["kind"], "model": v["model"], "template": v.get("template"),
-            "params": self.params(), "defaults": defaults, "revision": v.get("revision"),
-            "chunk_size": v.get("chunk_size"), "priority": v["priority"], "metadata": meta,
+            "kind": v["kind"],
+            "model": v["model"],
+            "template": v.get("template"),
+            "params": self.params(),
+            "defaults": defaults,
+            "revision": v.get("revision"),
+            "chunk_size": v.get("chunk_size"),
+            "priority": v["priority"],
+            "metadata": meta,
             "deadline": parse_deadline(v.get("deadline")),
-            "idempotency_key": v.get("idempotency_key"), "truncate": v["truncate"],
-            "trust_remote_code": v["trust_remote_code"], "format": v.get("input_format"),
+            "idempotency_key": v.get("idempotency_key"),
+            "truncate": v["truncate"],
+            "trust_remote_code": v["trust_remote_code"],
+            "format": v.get("input_format"),
         }
 
 
@@ -111,8 +262,10 @@ def parse_deadline(text: str | None) -> datetime | timedelta | None:
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise OptionError(f"--deadline: {text!r} is neither a duration (30m, 24h, 2d) nor an "
-                          "ISO time (2026-12-01T08:00:00Z)") from exc
+        raise OptionError(
+            f"--deadline: {text!r} is neither a duration (30m, 24h, 2d) nor an "
+            "ISO time (2026-12-01T08:00:00Z)"
+        ) from exc
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -120,8 +273,10 @@ def with_job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add the shared job options to a command; it receives them as `job: JobOptions`."""
     sig = inspect.signature(fn)
     own = [p for p in sig.parameters.values() if p.name != "job"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
-                               default=default) for name, ann, default in OPTIONS]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+        for name, ann, default in OPTIONS
+    ]
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> Any:

@@ -20,7 +20,10 @@ from genqueue.storage.models import FINAL_JOB_STATES
 
 
 def follow(
-    status: Callable[[], dict[str, Any]], console: Console, *, poll: float = 0.5,
+    status: Callable[[], dict[str, Any]],
+    console: Console,
+    *,
+    poll: float = 0.5,
     check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Show progress until the job is final; returns the final status. `check` runs each
@@ -28,14 +31,23 @@ def follow(
     st = status()
     total = st["counts"]["total"]
     columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("[cyan]{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TextColumn("[red]{task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
     )
     start = time.monotonic()
     first_done: tuple[float, int] | None = None
-    with Progress(*columns, console=console, transient=False,
-                  disable=not console.is_terminal and not console.is_jupyter) as bar:
+    with Progress(
+        *columns,
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and not console.is_jupyter,
+    ) as bar:
         task = bar.add_task(st["state"], total=total, rate="", failed="")
         while True:
             c = st["counts"]

@@ -45,8 +45,12 @@ class Dispatcher:
             with self.app.producer_or_acquire() as producer:
                 for task_id, queue, priority in tasks:
                     self.app.send_task(
-                        TASK_NAME, args=[task_id], queue=queue, routing_key=queue,
-                        priority=broker_priority(priority), producer=producer,
+                        TASK_NAME,
+                        args=[task_id],
+                        queue=queue,
+                        routing_key=queue,
+                        priority=broker_priority(priority),
+                        producer=producer,
                         task_id=f"{task_id}-{uuid.uuid4().hex[:8]}",
                     )
                     sent.append(task_id)

@@ -19,8 +19,19 @@ from genqueue.storage.db import Store
 from genqueue.storage.results import ResultRow, iter_results
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
-CSV_COLUMNS = ("custom_id", "index", "status", "output", "outputs", "finish_reason",
-               "prompt_tokens", "completion_tokens", "error_code", "error_message", "truncated")
+CSV_COLUMNS = (
+    "custom_id",
+    "index",
+    "status",
+    "output",
+    "outputs",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "error_code",
+    "error_message",
+    "truncated",
+)
 
 
 class ExportError(SubmissionError):
@@ -39,18 +50,25 @@ def export_format(path: str, explicit: str | None = None) -> str:
         return suffix
     if suffix == "pq":
         return "parquet"
-    raise ExportError(f"cannot tell the format of {path!r} from its extension; "
-                      "use .jsonl, .csv or .parquet (or pass --format)")
+    raise ExportError(
+        f"cannot tell the format of {path!r} from its extension; "
+        "use .jsonl, .csv or .parquet (or pass --format)"
+    )
 
 
 def _flat(row: ResultRow) -> dict[str, Any]:
     return {
-        "custom_id": row.custom_id, "index": row.index, "status": row.status,
+        "custom_id": row.custom_id,
+        "index": row.index,
+        "status": row.status,
         "output": row.outputs[0] if row.outputs else row.output,
         "outputs": json.dumps(row.outputs, ensure_ascii=False) if row.outputs else None,
-        "finish_reason": row.finish_reason, "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": row.completion_tokens, "error_code": row.error_code,
-        "error_message": row.error_message, "truncated": row.truncated,
+        "finish_reason": row.finish_reason,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "error_code": row.error_code,
+        "error_message": row.error_message,
+        "truncated": row.truncated,
     }
 
 
@@ -77,13 +95,21 @@ def _write_parquet(rows: Iterator[ResultRow], path: str, group: int = 50_000) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("custom_id", pa.string()), ("index", pa.int64()), ("status", pa.string()),
-        ("output", pa.string()), ("outputs", pa.list_(pa.string())),
-        ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()), ("error_code", pa.string()),
-        ("error_message", pa.string()), ("truncated", pa.bool_()),
-    ])
+    schema = pa.schema(
+        [
+            ("custom_id", pa.string()),
+            ("index", pa.int64()),
+            ("status", pa.string()),
+            ("output", pa.string()),
+            ("outputs", pa.list_(pa.string())),
+            ("finish_reason", pa.string()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("error_code", pa.string()),
+            ("error_message", pa.string()),
+            ("truncated", pa.bool_()),
+        ]
+    )
     n = 0
     with pq.ParquetWriter(path, schema) as writer:
         buf: list[dict[str, Any]] = []
@@ -102,7 +128,11 @@ def _write_parquet(rows: Iterator[ResultRow], path: str, group: int = 50_000) ->
 
 
 def export_results(
-    store: Store, job_id: str, path: str, *, fmt: str | None = None,
+    store: Store,
+    job_id: str,
+    path: str,
+    *,
+    fmt: str | None = None,
     include_pending: bool = False,
 ) -> int:
     """Write the job's results to `path` ('-' = stdout, JSONL/CSV only); returns the

@@ -53,8 +53,11 @@ class Reconciler:
         todo = leases.tasks_to_send(self.store, older_than=cutoff)
         # Re-queued and split tasks are sent at once, without the grace period.
         if recovered:
-            todo += [t for t in leases.tasks_to_send(self.store, older_than=utcnow())
-                     if t[0] in set(recovered) and t not in todo]
+            todo += [
+                t
+                for t in leases.tasks_to_send(self.store, older_than=utcnow())
+                if t[0] in set(recovered) and t not in todo
+            ]
         report.sent = self.dispatcher.send(self.store, todo)
         report.sent += self._refill_empty_queues()
         self._expire_and_finalize(report)
@@ -67,8 +70,9 @@ class Reconciler:
         stale_before = utcnow() - timedelta(seconds=max(60.0, self.settings.lease_seconds * 2))
         with self.store.session() as sess:
             queues = sess.scalars(
-                select(Job.queue).where(Job.state.in_([JobState.QUEUED.value,
-                                                       JobState.RUNNING.value])).distinct()
+                select(Job.queue)
+                .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+                .distinct()
             ).all()
         sent = 0
         for queue in queues:

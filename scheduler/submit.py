@@ -72,8 +72,10 @@ def check_model(model: str, params: GenerationParams) -> str:
     if not path.is_absolute():
         return ref  # a hub id: checked by the worker that downloads it
     if not path.exists():
-        raise SpecError(f"model: {model!r} does not exist (a local model directory or a hub id "
-                        "like google/flan-t5-small is expected)")
+        raise SpecError(
+            f"model: {model!r} does not exist (a local model directory or a hub id "
+            "like google/flan-t5-small is expected)"
+        )
     if not path.is_dir():
         raise SpecError(f"model: {model!r} is a file; pass the directory save_pretrained wrote")
     if not any(path.glob("*.safetensors")):
@@ -122,20 +124,32 @@ def submit(
         raise SpecError(f"chunk_size: {spec.chunk_size} is out of range (1..100000)")
     if not 0 <= spec.priority <= 9:
         raise SpecError(f"priority: {spec.priority} is out of range (0..9, 9 most urgent)")
-    input_spec = JobInputSpec(kind=spec.kind, template=spec.template, defaults=spec.defaults,
-                              base_params=spec.params)
+    input_spec = JobInputSpec(
+        kind=spec.kind, template=spec.template, defaults=spec.defaults, base_params=spec.params
+    )
     validate_spec(input_spec)
     name = input_name or (str(source) if isinstance(source, str | Path) else "<stdin>")
     fmt = detect_format(name if isinstance(source, str | Path) else "-", fmt)
     model_ref = check_model(spec.model, spec.params)
     created = jobs.create_job(
-        store, kind=spec.kind, model=model_ref, revision=spec.revision,
-        queue=queue_for(model_ref, spec.revision), template=spec.template,
-        params=spec.params.model_dump(mode="json"), chunk_size=spec.chunk_size,
-        priority=spec.priority, meta=spec.metadata, input_name=name,
-        idempotency_key=spec.idempotency_key, deadline_at=_deadline(spec),
-        options={"truncate": spec.truncate, "trust_remote_code": spec.trust_remote_code,
-                 "defaults": spec.defaults},
+        store,
+        kind=spec.kind,
+        model=model_ref,
+        revision=spec.revision,
+        queue=queue_for(model_ref, spec.revision),
+        template=spec.template,
+        params=spec.params.model_dump(mode="json"),
+        chunk_size=spec.chunk_size,
+        priority=spec.priority,
+        meta=spec.metadata,
+        input_name=name,
+        idempotency_key=spec.idempotency_key,
+        deadline_at=_deadline(spec),
+        options={
+            "truncate": spec.truncate,
+            "trust_remote_code": spec.trust_remote_code,
+            "defaults": spec.defaults,
+        },
     )
     if isinstance(created, str):
         view = jobs.view_job(store, created)
@@ -167,8 +181,12 @@ def _load(
             return
         plan = _plan(window, spec.chunk_size)
         items = [
-            jobs.NewItem(line=it.line, custom_id=it.custom_id or f"line-{it.line}",
-                         prompt=it.prompt, params=it.params)
+            jobs.NewItem(
+                line=it.line,
+                custom_id=it.custom_id or f"line-{it.line}",
+                prompt=it.prompt,
+                params=it.params,
+            )
             for it in window
         ]
         jobs.add_chunk(store, job, next_idx, items, plan)
@@ -193,12 +211,14 @@ def _load(
     if not n_problems:
         for cid, lines in jobs.duplicate_custom_ids(store, job.id):
             n_problems += 1
-            problems.append(LineProblem(
-                line=lines[0],
-                message=f"custom_id {cid!r} is used more than once (lines "
-                        f"{', '.join(map(str, lines))}); custom_id must be unique within a job",
-                custom_id=cid,
-            ))
+            problems.append(
+                LineProblem(
+                    line=lines[0],
+                    message=f"custom_id {cid!r} is used more than once (lines "
+                    f"{', '.join(map(str, lines))}); custom_id must be unique within a job",
+                    custom_id=cid,
+                )
+            )
     if n_problems:
         raise InputError(problems, n_problems, name)
     if next_idx == 0:

@@ -25,6 +25,7 @@ from genqueue.storage.models import (
     Task,
     TaskState,
 )
+from genqueue.storage.text import clean_text
 
 #: Internal state while a submission is still loading items; never dispatched or finalised.
 SUBMITTING = "submitting"
@@ -137,8 +138,12 @@ def add_chunk(
             s.scalars(
                 insert(Task).returning(Task.id, sort_by_parameter_order=True),
                 [
-                    {"job_id": job.id, "priority": job.priority, "n_items": len(members),
-                     "state": TaskState.PENDING.value}
+                    {
+                        "job_id": job.id,
+                        "priority": job.priority,
+                        "n_items": len(members),
+                        "state": TaskState.PENDING.value,
+                    }
                     for members in tasks
                 ],
             )
@@ -150,9 +155,16 @@ def add_chunk(
         s.execute(
             insert(Item),
             [
-                {"job_id": job.id, "idx": first_idx + pos, "line": it.line,
-                 "custom_id": it.custom_id, "prompt": it.prompt, "params": it.params,
-                 "task_id": owner[pos], "attempts": 0}
+                {
+                    "job_id": job.id,
+                    "idx": first_idx + pos,
+                    "line": it.line,
+                    "custom_id": clean_text(it.custom_id),
+                    "prompt": clean_text(it.prompt),
+                    "params": it.params,
+                    "task_id": owner[pos],
+                    "attempts": 0,
+                }
                 for pos, it in enumerate(items)
             ],
         )
@@ -161,18 +173,24 @@ def add_chunk(
 def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tuple[str, list[int]]]:
     """custom_ids used more than once in a job, with the input lines that use them."""
     with store.session() as s:
-        dups = s.execute(
-            select(Item.custom_id)
-            .where(Item.job_id == job_id)
-            .group_by(Item.custom_id)
-            .having(func.count() > 1)
-            .limit(limit)
-        ).scalars().all()
+        dups = (
+            s.execute(
+                select(Item.custom_id)
+                .where(Item.job_id == job_id)
+                .group_by(Item.custom_id)
+                .having(func.count() > 1)
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
         out = []
         for cid in dups:
             lines = s.scalars(
-                select(Item.line).where(Item.job_id == job_id, Item.custom_id == cid)
-                .order_by(Item.idx).limit(10)
+                select(Item.line)
+                .where(Item.job_id == job_id, Item.custom_id == cid)
+                .order_by(Item.idx)
+                .limit(10)
             ).all()
             out.append((cid, list(lines)))
         return out
@@ -182,7 +200,8 @@ def open_job(store: Store, job_id: str, total_items: int) -> None:
     """Make a fully loaded job visible to dispatch and the reconciler."""
     with store.session() as s:
         s.execute(
-            update(Job).where(Job.id == job_id)
+            update(Job)
+            .where(Job.id == job_id)
             .values(state=JobState.QUEUED.value, total_items=total_items)
         )
 
@@ -212,19 +231,25 @@ def job_counts(session: Session, job: Job) -> JobCounts:
     succeeded, failed = int(row[0]), int(row[1])
     running = int(
         session.scalar(
-            select(func.coalesce(func.sum(Task.n_items - Task.n_succeeded - Task.n_failed), 0))
-            .where(Task.job_id == job.id, Task.state == TaskState.RUNNING.value)
-        ) or 0
+            select(
+                func.coalesce(func.sum(Task.n_items - Task.n_succeeded - Task.n_failed), 0)
+            ).where(Task.job_id == job.id, Task.state == TaskState.RUNNING.value)
+        )
+        or 0
     )
     cancelled = expired = 0
     if job.state in (JobState.CANCELLED.value, JobState.EXPIRED.value) or job.cancel_requested:
         by_status = dict(
             session.execute(
-                select(Result.status, func.count()).where(
+                select(Result.status, func.count())
+                .where(
                     Result.job_id == job.id,
                     Result.status.in_([ResultStatus.CANCELLED.value, ResultStatus.EXPIRED.value]),
-                ).group_by(Result.status)
-            ).tuples().all()
+                )
+                .group_by(Result.status)
+            )
+            .tuples()
+            .all()
         )
         cancelled = int(by_status.get(ResultStatus.CANCELLED.value, 0))
         expired = int(by_status.get(ResultStatus.EXPIRED.value, 0))
@@ -256,8 +281,10 @@ def request_cancel(store: Store, job_id: str) -> bool:
         job.cancel_requested = True
         s.execute(
             update(Task)
-            .where(Task.job_id == job_id,
-                   Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]))
+            .where(
+                Task.job_id == job_id,
+                Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
+            )
             .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
         )
     finalize_job(store, job_id)
@@ -271,16 +298,24 @@ def _fill_missing_results(s: Session, job_id: str, status: ResultStatus, message
     missing = (
         select(Item.job_id, Item.idx, Item.task_id)
         .where(Item.job_id == job_id)
-        .where(~select(Result.idx).where(Result.job_id == Item.job_id, Result.idx == Item.idx)
-               .exists())
+        .where(
+            ~select(Result.idx).where(Result.job_id == Item.job_id, Result.idx == Item.idx).exists()
+        )
     )
     rows = s.execute(missing).all()
     if rows:
         s.execute(
             insert(Result),
             [
-                {"job_id": r.job_id, "idx": r.idx, "task_id": r.task_id, "status": status.value,
-                 "error_code": code, "error_message": message, "created_at": now}
+                {
+                    "job_id": r.job_id,
+                    "idx": r.idx,
+                    "task_id": r.task_id,
+                    "status": status.value,
+                    "error_code": code,
+                    "error_message": message,
+                    "created_at": now,
+                }
                 for r in rows
             ],
         )
@@ -294,15 +329,17 @@ def finalize_job(store: Store, job_id: str) -> str | None:
         if job is None or job.state in FINAL_JOB_STATES or job.state == SUBMITTING:
             return None
         open_tasks = s.scalar(
-            select(func.count()).select_from(Task)
+            select(func.count())
+            .select_from(Task)
             .where(Task.job_id == job_id, Task.state.in_(OPEN_TASK_STATES))
         )
         if open_tasks:
             return None
         now = utcnow()
         if job.cancel_requested:
-            _fill_missing_results(s, job_id, ResultStatus.CANCELLED,
-                                  "the job was cancelled before this item ran")
+            _fill_missing_results(
+                s, job_id, ResultStatus.CANCELLED, "the job was cancelled before this item ran"
+            )
             state = JobState.CANCELLED
         else:
             counts = job_counts(s, job)
@@ -333,11 +370,17 @@ def expire_job(store: Store, job_id: str) -> bool:
         s.execute(
             update(Task)
             .where(Task.job_id == job_id, Task.state.in_(OPEN_TASK_STATES))
-            .values(state=TaskState.CANCELLED.value, finished_at=utcnow(),
-                    lease_owner=None, lease_token=None, lease_expires_at=None)
+            .values(
+                state=TaskState.CANCELLED.value,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+            )
         )
-        _fill_missing_results(s, job_id, ResultStatus.EXPIRED,
-                              "the job's deadline passed before this item ran")
+        _fill_missing_results(
+            s, job_id, ResultStatus.EXPIRED, "the job's deadline passed before this item ran"
+        )
         job.state = JobState.EXPIRED.value
         job.finished_at = utcnow()
         return True

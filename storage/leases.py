@@ -65,7 +65,8 @@ def _missing_items(s: Session, task_id: int, job_id: str) -> list[Item]:
     has_result = exists().where(Result.job_id == Item.job_id, Result.idx == Item.idx)
     return list(
         s.scalars(
-            select(Item).where(Item.job_id == job_id, Item.task_id == task_id, ~has_result)
+            select(Item)
+            .where(Item.job_id == job_id, Item.task_id == task_id, ~has_result)
             .order_by(Item.idx)
         )
     )
@@ -85,8 +86,10 @@ def claim_task(
             return ClaimRefused("not_found")
         if task.state in (TaskState.DONE.value, TaskState.SPLIT.value, TaskState.CANCELLED.value):
             return ClaimRefused("done")
-        if task.state == TaskState.RUNNING.value and task.lease_expires_at is not None and (
-            _aware(task.lease_expires_at) > now
+        if (
+            task.state == TaskState.RUNNING.value
+            and task.lease_expires_at is not None
+            and (_aware(task.lease_expires_at) > now)
         ):
             return ClaimRefused("leased")
         job = s.get(Job, task.job_id)
@@ -116,15 +119,28 @@ def claim_task(
             )
         attempt_id = s.scalar(
             insert(Attempt).returning(Attempt.id),
-            [{"task_id": task.id, "job_id": task.job_id, "number": task.attempts,
-              "worker": worker, "lease_token": token, "started_at": now}],
+            [
+                {
+                    "task_id": task.id,
+                    "job_id": task.job_id,
+                    "number": task.attempts,
+                    "worker": worker,
+                    "lease_token": token,
+                    "started_at": now,
+                }
+            ],
         )
         if job.state == JobState.QUEUED.value:
             job.state = JobState.RUNNING.value
             job.started_at = job.started_at or now
         return Claim(
-            task_id=task.id, job_id=task.job_id, token=token, attempt=task.attempts,
-            attempt_id=int(attempt_id or 0), worker=worker, job_params=dict(job.params),
+            task_id=task.id,
+            job_id=task.job_id,
+            token=token,
+            attempt=task.attempts,
+            attempt_id=int(attempt_id or 0),
+            worker=worker,
+            job_params=dict(job.params),
             job_options=dict(job.options),
             items=[ClaimedItem(i.idx, i.custom_id, i.prompt, i.params) for i in items],
         )
@@ -141,8 +157,11 @@ def heartbeat(store: Store, claim: Claim, lease_seconds: float) -> bool:
     with store.session() as s:
         res = s.execute(
             update(Task)
-            .where(Task.id == claim.task_id, Task.lease_token == claim.token,
-                   Task.state == TaskState.RUNNING.value)
+            .where(
+                Task.id == claim.task_id,
+                Task.lease_token == claim.token,
+                Task.state == TaskState.RUNNING.value,
+            )
             .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
         )
         return bool(res.rowcount)
@@ -151,13 +170,20 @@ def heartbeat(store: Store, claim: Claim, lease_seconds: float) -> bool:
 def job_stop_requested(store: Store, job_id: str) -> bool:
     """True when the job was cancelled or reached a final state (e.g. expired)."""
     with store.session() as s:
-        row = s.execute(select(Job.cancel_requested, Job.state).where(Job.id == job_id)).one_or_none()
+        row = s.execute(
+            select(Job.cancel_requested, Job.state).where(Job.id == job_id)
+        ).one_or_none()
         return row is None or bool(row[0]) or row[1] in FINAL_JOB_STATES
 
 
 def finish_task(
-    store: Store, claim: Claim, *, outcome: str, engine: str | None = None,
-    model_revision: str | None = None, error: str | None = None,
+    store: Store,
+    claim: Claim,
+    *,
+    outcome: str,
+    engine: str | None = None,
+    model_revision: str | None = None,
+    error: str | None = None,
 ) -> str:
     """End an attempt. The task is `done` when every item has a result; otherwise it is
     released (`queued`, lease cleared) for another attempt, or cancelled with its job.
@@ -167,15 +193,24 @@ def finish_task(
         task = s.get(Task, claim.task_id)
         assert task is not None
         missing = s.scalar(
-            select(func.count()).select_from(Item).where(
-                Item.job_id == claim.job_id, Item.task_id == claim.task_id,
+            select(func.count())
+            .select_from(Item)
+            .where(
+                Item.job_id == claim.job_id,
+                Item.task_id == claim.task_id,
                 ~exists().where(Result.job_id == Item.job_id, Result.idx == Item.idx),
             )
         )
         s.execute(
-            update(Attempt).where(Attempt.id == claim.attempt_id)
-            .values(outcome=outcome, finished_at=now, error=error, engine=engine,
-                    model_revision=model_revision)
+            update(Attempt)
+            .where(Attempt.id == claim.attempt_id)
+            .values(
+                outcome=outcome,
+                finished_at=now,
+                error=error,
+                engine=engine,
+                model_revision=model_revision,
+            )
         )
         if task.lease_token != claim.token:
             return task.state  # lease lost meanwhile: the new holder decides
@@ -213,13 +248,20 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
         for part in (items[:half], items[half:]):
             new_id = s.scalar(
                 insert(Task).returning(Task.id),
-                [{"job_id": task.job_id, "priority": task.priority, "n_items": len(part),
-                  "state": TaskState.QUEUED.value, "parent_id": task.id}],
+                [
+                    {
+                        "job_id": task.job_id,
+                        "priority": task.priority,
+                        "n_items": len(part),
+                        "state": TaskState.QUEUED.value,
+                        "parent_id": task.id,
+                    }
+                ],
             )
             assert new_id is not None
             s.execute(
-                update(Item).where(Item.job_id == task.job_id,
-                                   Item.idx.in_([i.idx for i in part]))
+                update(Item)
+                .where(Item.job_id == task.job_id, Item.idx.in_([i.idx for i in part]))
                 .values(task_id=new_id)
             )
             new_ids.append(int(new_id))
@@ -230,13 +272,22 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
     for item in items:
         s.execute(
             insert(Result),
-            [{"job_id": item.job_id, "idx": item.idx, "task_id": task.id,
-              "status": ResultStatus.FAILED.value, "error_code": "attempts_exhausted",
-              "error_message": (
-                  f"this item stopped its worker {item.attempts} time(s) (crash, kill or "
-                  f"timeout; {why}); it was isolated and failed so the rest of the job could "
-                  "finish. Check the input, lower max_new_tokens, or retry the job."
-              ), "attempt": item.attempts, "created_at": now}],
+            [
+                {
+                    "job_id": item.job_id,
+                    "idx": item.idx,
+                    "task_id": task.id,
+                    "status": ResultStatus.FAILED.value,
+                    "error_code": "attempts_exhausted",
+                    "error_message": (
+                        f"this item stopped its worker {item.attempts} time(s) (crash, kill or "
+                        f"timeout; {why}); it was isolated and failed so the rest of the job could "
+                        "finish. Check the input, lower max_new_tokens, or retry the job."
+                    ),
+                    "attempt": item.attempts,
+                    "created_at": now,
+                }
+            ],
         )
         task.n_failed += 1
     return []
@@ -249,8 +300,9 @@ def recover_expired(store: Store, *, max_attempts: int, limit: int = 500) -> lis
     to_send: list[int] = []
     with store.session() as s:
         expired = s.scalars(
-            select(Task).where(Task.state == TaskState.RUNNING.value,
-                               Task.lease_expires_at < now).limit(limit)
+            select(Task)
+            .where(Task.state == TaskState.RUNNING.value, Task.lease_expires_at < now)
+            .limit(limit)
         ).all()
         for task in expired:
             job = s.get(Job, task.job_id)
@@ -260,9 +312,12 @@ def recover_expired(store: Store, *, max_attempts: int, limit: int = 500) -> lis
                 task.lease_expires_at = None
                 continue
             s.execute(
-                update(Attempt).where(Attempt.task_id == task.id,
-                                      Attempt.lease_token == task.lease_token,
-                                      Attempt.outcome.is_(None))
+                update(Attempt)
+                .where(
+                    Attempt.task_id == task.id,
+                    Attempt.lease_token == task.lease_token,
+                    Attempt.outcome.is_(None),
+                )
                 .values(outcome="lease_expired", finished_at=now)
             )
             if task.attempts >= max_attempts:
@@ -276,28 +331,39 @@ def recover_expired(store: Store, *, max_attempts: int, limit: int = 500) -> lis
     return to_send
 
 
-def tasks_to_send(store: Store, *, older_than: datetime, limit: int = 5000) -> list[tuple[int, str, int]]:
+def tasks_to_send(
+    store: Store, *, older_than: datetime, limit: int = 5000
+) -> list[tuple[int, str, int]]:
     """Tasks that should be on the broker but were never sent (pending or re-queued with
     no send time): (task id, queue, priority)."""
     with store.session() as s:
-        rows = s.execute(
-            select(Task.id, Job.queue, Task.priority)
-            .join(Job, Job.id == Task.job_id)
-            .where(
-                Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-                Job.cancel_requested.is_(False),
-                or_(Task.state == TaskState.PENDING.value,
-                    (Task.state == TaskState.QUEUED.value) & Task.enqueued_at.is_(None)),
-                Job.created_at < older_than,
+        rows = (
+            s.execute(
+                select(Task.id, Job.queue, Task.priority)
+                .join(Job, Job.id == Task.job_id)
+                .where(
+                    Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                    Job.cancel_requested.is_(False),
+                    or_(
+                        Task.state == TaskState.PENDING.value,
+                        (Task.state == TaskState.QUEUED.value) & Task.enqueued_at.is_(None),
+                    ),
+                    Job.created_at < older_than,
+                )
+                .order_by(Task.priority.desc(), Task.id)
+                .limit(limit)
             )
-            .order_by(Task.priority.desc(), Task.id)
-            .limit(limit)
-        ).tuples().all()
+            .tuples()
+            .all()
+        )
         return list(rows)
 
 
 def queued_tasks(
-    store: Store, *, queue: str | None = None, sent_before: datetime | None = None,
+    store: Store,
+    *,
+    queue: str | None = None,
+    sent_before: datetime | None = None,
     job_id: str | None = None,
 ) -> list[tuple[int, str, int]]:
     """Tasks believed to be on the broker (to rebuild a lost queue); with `sent_before`,
@@ -306,9 +372,11 @@ def queued_tasks(
         q = (
             select(Task.id, Job.queue, Task.priority)
             .join(Job, Job.id == Task.job_id)
-            .where(Task.state.in_([TaskState.QUEUED.value, TaskState.PENDING.value]),
-                   Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-                   Job.cancel_requested.is_(False))
+            .where(
+                Task.state.in_([TaskState.QUEUED.value, TaskState.PENDING.value]),
+                Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                Job.cancel_requested.is_(False),
+            )
             .order_by(Task.priority.desc(), Task.id)
         )
         if queue:
@@ -330,13 +398,16 @@ def mark_sent(store: Store, task_ids: list[int]) -> None:
             chunk = task_ids[start : start + 900]
             s.execute(
                 update(Task)
-                .where(Task.id.in_(chunk),
-                       Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]))
+                .where(
+                    Task.id.in_(chunk),
+                    Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
+                )
                 .values(state=TaskState.QUEUED.value, enqueued_at=now)
             )
 
 
 def task_priorities(store: Store, task_ids: list[int]) -> dict[int, int]:
     with store.session() as s:
-        return dict(s.execute(select(Task.id, Task.priority).where(Task.id.in_(task_ids)))
-                    .tuples().all())
+        return dict(
+            s.execute(select(Task.id, Task.priority).where(Task.id.in_(task_ids))).tuples().all()
+        )

@@ -132,9 +132,7 @@ class Task(Base):
 class Item(Base):
     __tablename__ = "items"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based input order
     line: Mapped[int] = mapped_column(Integer)  # 1-based line/row in the input
     custom_id: Mapped[str] = mapped_column(String(512))
@@ -152,9 +150,7 @@ class Item(Base):
 class Result(Base):
     __tablename__ = "results"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     output: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.leases import Claim
 from genqueue.storage.models import Attempt, Item, Job, Result, ResultStatus, Task
+from genqueue.storage.text import clean_text
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,24 @@ def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> t
         return 0, 0
     now = utcnow()
     rows = [
-        {"job_id": claim.job_id, "idx": r.idx, "status": r.status.value, "output": r.output,
-         "outputs": r.outputs, "finish_reason": r.finish_reason,
-         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-         "error_code": r.error_code, "error_message": r.error_message,
-         "truncated": r.truncated, "task_id": claim.task_id, "attempt": claim.attempt,
-         "worker": claim.worker, "latency_ms": r.latency_ms, "created_at": now}
+        {
+            "job_id": claim.job_id,
+            "idx": r.idx,
+            "status": r.status.value,
+            "output": clean_text(r.output),
+            "outputs": [clean_text(o) for o in r.outputs] if r.outputs is not None else None,
+            "finish_reason": r.finish_reason,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "error_code": r.error_code,
+            "error_message": clean_text(r.error_message),
+            "truncated": r.truncated,
+            "task_id": claim.task_id,
+            "attempt": claim.attempt,
+            "worker": claim.worker,
+            "latency_ms": r.latency_ms,
+            "created_at": now,
+        }
         for r in results
     ]
     dialect = postgresql if store.dialect == "postgresql" else sqlite
@@ -56,17 +69,22 @@ def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> t
         bad = len(inserted) - ok
         dups = len(rows) - len(inserted)
         s.execute(
-            update(Task).where(Task.id == claim.task_id)
+            update(Task)
+            .where(Task.id == claim.task_id)
             .values(n_succeeded=Task.n_succeeded + ok, n_failed=Task.n_failed + bad)
         )
         s.execute(
-            update(Attempt).where(Attempt.id == claim.attempt_id)
-            .values(items_written=Attempt.items_written + len(inserted),
-                    duplicates=Attempt.duplicates + dups)
+            update(Attempt)
+            .where(Attempt.id == claim.attempt_id)
+            .values(
+                items_written=Attempt.items_written + len(inserted),
+                duplicates=Attempt.duplicates + dups,
+            )
         )
         if dups:
             s.execute(
-                update(Job).where(Job.id == claim.job_id)
+                update(Job)
+                .where(Job.id == claim.job_id)
                 .values(duplicate_executions=Job.duplicate_executions + dups)
             )
     return len(inserted), dups
@@ -91,8 +109,11 @@ class ResultRow:
 
     def to_record(self) -> dict[str, Any]:
         """The documented result-line format (JSONL)."""
-        rec: dict[str, Any] = {"custom_id": self.custom_id, "index": self.index,
-                               "status": self.status}
+        rec: dict[str, Any] = {
+            "custom_id": self.custom_id,
+            "index": self.index,
+            "status": self.status,
+        }
         if self.outputs is not None:
             rec["outputs"] = self.outputs
             rec["output"] = self.outputs[0] if self.outputs else None
@@ -100,13 +121,15 @@ class ResultRow:
             rec["output"] = self.output
         rec["finish_reason"] = self.finish_reason
         rec["usage"] = (
-            {"prompt_tokens": self.prompt_tokens or 0,
-             "completion_tokens": self.completion_tokens or 0}
-            if self.status == ResultStatus.SUCCEEDED.value else None
+            {
+                "prompt_tokens": self.prompt_tokens or 0,
+                "completion_tokens": self.completion_tokens or 0,
+            }
+            if self.status == ResultStatus.SUCCEEDED.value
+            else None
         )
         rec["error"] = (
-            {"code": self.error_code, "message": self.error_message}
-            if self.error_code else None
+            {"code": self.error_code, "message": self.error_message} if self.error_code else None
         )
         if self.truncated:
             rec["truncated"] = True
@@ -122,12 +145,25 @@ def iter_results(
     while True:
         with store.session() as s:
             q = (
-                select(Item.idx, Item.custom_id, Result.status, Result.output, Result.outputs,
-                       Result.finish_reason, Result.prompt_tokens, Result.completion_tokens,
-                       Result.error_code, Result.error_message, Result.truncated)
+                select(
+                    Item.idx,
+                    Item.custom_id,
+                    Result.status,
+                    Result.output,
+                    Result.outputs,
+                    Result.finish_reason,
+                    Result.prompt_tokens,
+                    Result.completion_tokens,
+                    Result.error_code,
+                    Result.error_message,
+                    Result.truncated,
+                )
                 .select_from(Item)
-                .join(Result, (Result.job_id == Item.job_id) & (Result.idx == Item.idx),
-                      isouter=include_pending)
+                .join(
+                    Result,
+                    (Result.job_id == Item.job_id) & (Result.idx == Item.idx),
+                    isouter=include_pending,
+                )
                 .where(Item.job_id == job_id, Item.idx > last)
                 .order_by(Item.idx)
                 .limit(batch)
@@ -137,10 +173,16 @@ def iter_results(
             return
         for r in rows:
             yield ResultRow(
-                index=r.idx, custom_id=r.custom_id, status=r.status or "pending",
-                output=r.output, outputs=r.outputs, finish_reason=r.finish_reason,
-                prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                error_code=r.error_code, error_message=r.error_message,
+                index=r.idx,
+                custom_id=r.custom_id,
+                status=r.status or "pending",
+                output=r.output,
+                outputs=r.outputs,
+                finish_reason=r.finish_reason,
+                prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens,
+                error_code=r.error_code,
+                error_message=r.error_message,
                 truncated=bool(r.truncated),
             )
         last = rows[-1].idx

@@ -37,7 +37,9 @@ def tiny_t5_dir(models_dir: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """Keep GENQUEUE_HOME (built models, embedded state) out of the user's cache."""
     home = os.environ.get("GENQUEUE_TEST_HOME")
     if home is None:

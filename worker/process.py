@@ -47,8 +47,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.loglevel.upper(),
-                        format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.loglevel.upper(),
+        format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s",
+    )
     settings = Settings()
     if not settings.broker_url:
         raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
@@ -61,8 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     model_ref = resolve_model_ref(args.model)
     store = open_store(settings.database_url)
     engine = load_engine(
-        args.engine, model_ref, revision=args.revision, device=args.device, dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code, tensor_parallel=args.tensor_parallel,
+        args.engine,
+        model_ref,
+        revision=args.revision,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        tensor_parallel=args.tensor_parallel,
         host_memory_limit_mb=args.host_memory_limit_mb,
     )
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
@@ -87,13 +94,28 @@ def main(argv: list[str] | None = None) -> None:
     def _graceful(**_: Any) -> None:
         ctx.stop.set()
 
-    log.warning("worker %s ready: model %s (%s, %s) on queue %s", name, model_ref,
-                engine.info.engine, engine.info.device, queue)
-    app.worker_main([
-        "worker", "--pool=solo", "--concurrency=1", f"--queues={queue}", f"--hostname={name}",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        f"--loglevel={args.loglevel}",
-    ])
+    log.warning(
+        "worker %s ready: model %s (%s, %s) on queue %s",
+        name,
+        model_ref,
+        engine.info.engine,
+        engine.info.device,
+        queue,
+    )
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={queue}",
+            f"--hostname={name}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--quiet",
+            f"--loglevel={args.loglevel}",
+        ]
+    )
     engine.close()
     store.dispose()
 
@@ -106,8 +128,13 @@ def _sender(app: Any, store: Any, queue: str) -> Any:
 
     def send(task_ids: list[int]) -> None:
         for task_id, priority in leases.task_priorities(store, task_ids).items():
-            app.send_task(TASK_NAME, args=[task_id], queue=queue, routing_key=queue,
-                          priority=broker_priority(priority))
+            app.send_task(
+                TASK_NAME,
+                args=[task_id],
+                queue=queue,
+                routing_key=queue,
+                priority=broker_priority(priority),
+            )
         leases.mark_sent(store, task_ids)
 
     return send

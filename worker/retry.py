@@ -25,8 +25,13 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_transient(
-    fn: Callable[[], T], *, what: str, stop: threading.Event | None,
-    max_seconds: float = 300.0, first_delay: float = 0.2, max_delay: float = 10.0,
+    fn: Callable[[], T],
+    *,
+    what: str,
+    stop: threading.Event | None,
+    max_seconds: float = 300.0,
+    first_delay: float = 0.2,
+    max_delay: float = 10.0,
 ) -> T:
     """Call `fn` until it succeeds, backing off (with jitter) on transient errors for up
     to `max_seconds`; other errors propagate at once."""

@@ -59,24 +59,38 @@ def item_seed(job_seed: int | None, item_params: dict[str, object] | None, idx: 
 def build_requests(claim: Claim) -> list[GenRequest]:
     base = GenerationParams.model_validate(claim.job_params)
     return [
-        GenRequest(key=it.idx, prompt=it.prompt, params=base.merged(it.params),
-                   seed=item_seed(base.seed, it.params, it.idx))
+        GenRequest(
+            key=it.idx,
+            prompt=it.prompt,
+            params=base.merged(it.params),
+            seed=item_seed(base.seed, it.params, it.idx),
+        )
         for it in claim.items
     ]
 
 
 def to_new_result(r: GenResult, latency_ms: float) -> NewResult:
     if r.error is not None:
-        return NewResult(idx=r.key, status=ResultStatus.FAILED, error_code=r.error.code,
-                         error_message=r.error.message, prompt_tokens=r.prompt_tokens or None,
-                         truncated=r.truncated, latency_ms=latency_ms)
+        return NewResult(
+            idx=r.key,
+            status=ResultStatus.FAILED,
+            error_code=r.error.code,
+            error_message=r.error.message,
+            prompt_tokens=r.prompt_tokens or None,
+            truncated=r.truncated,
+            latency_ms=latency_ms,
+        )
     many = len(r.outputs) > 1
     return NewResult(
-        idx=r.key, status=ResultStatus.SUCCEEDED,
-        output=r.outputs[0] if r.outputs else "", outputs=list(r.outputs) if many else None,
+        idx=r.key,
+        status=ResultStatus.SUCCEEDED,
+        output=r.outputs[0] if r.outputs else "",
+        outputs=list(r.outputs) if many else None,
         finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
-        prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-        truncated=r.truncated, latency_ms=latency_ms,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+        truncated=r.truncated,
+        latency_ms=latency_ms,
     )
 
 
@@ -96,8 +110,9 @@ class _Heartbeat(threading.Thread):
             try:
                 if not leases.heartbeat(self.ctx.store, self.claim, s.lease_seconds):
                     self.lost = True
-                    log.warning("task %s: lease lost; stopping after this batch",
-                                self.claim.task_id)
+                    log.warning(
+                        "task %s: lease lost; stopping after this batch", self.claim.task_id
+                    )
                     return
                 self.job_stopped = leases.job_stop_requested(self.ctx.store, self.claim.job_id)
             except Exception as exc:  # a DB hiccup: try again next beat
@@ -134,9 +149,15 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
     """Run one task to the end (or until stopped). Returns what happened, for logs."""
     s = ctx.settings
     got = retry_transient(
-        lambda: leases.claim_task(ctx.store, task_id, ctx.worker_id,
-                                  lease_seconds=s.lease_seconds, max_attempts=s.max_attempts),
-        what=f"claiming task {task_id}", stop=ctx.stop,
+        lambda: leases.claim_task(
+            ctx.store,
+            task_id,
+            ctx.worker_id,
+            lease_seconds=s.lease_seconds,
+            max_attempts=s.max_attempts,
+        ),
+        what=f"claiming task {task_id}",
+        stop=ctx.stop,
     )
     if isinstance(got, ClaimRefused):
         if got.new_tasks and ctx.send_tasks:
@@ -151,15 +172,19 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
     error: str | None = None
     outcome = "done"
     try:
-        policy = BatchPolicy(token_budget=s.token_budget, max_batch_size=s.max_batch_size,
-                             truncate=bool(claim.job_options.get("truncate")))
+        policy = BatchPolicy(
+            token_budget=s.token_budget,
+            max_batch_size=s.max_batch_size,
+            truncate=bool(claim.job_options.get("truncate")),
+        )
 
         def should_stop() -> bool:
             return ctx.stop.is_set() or hb.lost or hb.job_stopped or writer.error is not None
 
         started = time.perf_counter()
-        for batch in generate_all(ctx.engine, build_requests(claim), policy,
-                                  should_stop=should_stop):
+        for batch in generate_all(
+            ctx.engine, build_requests(claim), policy, should_stop=should_stop
+        ):
             now = time.perf_counter()
             per_item = (now - started) * 1000 / max(1, len(batch))
             started = now
@@ -178,9 +203,16 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
             outcome, error = "error", f"writing results failed: {writer.error}"
         info = ctx.engine.info
         state = retry_transient(
-            lambda: leases.finish_task(ctx.store, claim, outcome=outcome, engine=info.engine,
-                                       model_revision=info.revision, error=error),
-            what=f"finishing task {task_id}", stop=None,
+            lambda: leases.finish_task(
+                ctx.store,
+                claim,
+                outcome=outcome,
+                engine=info.engine,
+                model_revision=info.revision,
+                error=error,
+            ),
+            what=f"finishing task {task_id}",
+            stop=None,
         )
         if state == "queued" and ctx.send_tasks:
             ctx.send_tasks([task_id])  # released early: let another worker continue it

@@ -8,6 +8,7 @@ restarted (with backoff); its task's lease expires and another worker finishes i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -53,22 +54,24 @@ def visible_gpus() -> list[str]:
 
 def _die_with_parent() -> None:
     """Linux: the child gets SIGTERM when the supervisor dies, so no orphan keeps a GPU."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Supervisor:
     def __init__(self, spec: WorkerSpec) -> None:
+        use_gpu = spec.device.startswith("cuda") or (
+            spec.device == "auto" and spec.engine != "dry-run"
+        )
+        self.gpus = visible_gpus() if use_gpu else []
+        if spec.processes <= 0:  # auto: one process per GPU group, else one
+            n = len(self.gpus) // max(1, spec.tensor_parallel) if self.gpus else 1
+            spec = WorkerSpec(**{**spec.__dict__, "processes": max(1, n)})
         self.spec = spec
         self.children: list[subprocess.Popen[bytes] | None] = [None] * spec.processes
         self.restarts = [0] * spec.processes
         self.next_start = [0.0] * spec.processes
         self.stopping = False
-        use_gpu = spec.device.startswith("cuda") or (spec.device == "auto" and
-                                                     spec.engine != "dry-run")
-        self.gpus = visible_gpus() if use_gpu else []
         cores = os.cpu_count() or 1
         self.threads = spec.threads or max(1, cores // max(1, spec.processes))
 
@@ -84,18 +87,36 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         s = self.spec
-        cmd = [sys.executable, "-m", "genqueue.worker.process", "--model", s.model,
-               "--engine", s.engine, "--device", s.device, "--dtype", s.dtype,
-               "--threads", str(self.threads), "--tensor-parallel", str(s.tensor_parallel),
-               "--loglevel", s.loglevel, "--name", f"gq-{os.getpid()}-{slot}@{os.uname()[1]}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "genqueue.worker.process",
+            "--model",
+            s.model,
+            "--engine",
+            s.engine,
+            "--device",
+            s.device,
+            "--dtype",
+            s.dtype,
+            "--threads",
+            str(self.threads),
+            "--tensor-parallel",
+            str(s.tensor_parallel),
+            "--loglevel",
+            s.loglevel,
+            "--name",
+            f"gq-{os.getpid()}-{slot}@{os.uname()[1]}",
+        ]
         if s.revision:
             cmd += ["--revision", s.revision]
         if s.trust_remote_code:
             cmd.append("--trust-remote-code")
         if s.host_memory_limit_mb:
             cmd += ["--host-memory-limit-mb", str(s.host_memory_limit_mb)]
-        self.children[slot] = subprocess.Popen(cmd, env=self._env(slot),
-                                               preexec_fn=_die_with_parent)
+        self.children[slot] = subprocess.Popen(
+            cmd, env=self._env(slot), preexec_fn=_die_with_parent
+        )
 
     def start(self) -> None:
         for slot in range(self.spec.processes):
@@ -115,8 +136,12 @@ class Supervisor:
             if self.next_start[slot] == 0.0:
                 self.restarts[slot] += 1
                 delay = min(30.0, 0.5 * 2 ** min(self.restarts[slot], 6))
-                log.warning("worker process %d exited with %s; restarting in %.1fs",
-                            child.pid, child.returncode, delay)
+                log.warning(
+                    "worker process %d exited with %s; restarting in %.1fs",
+                    child.pid,
+                    child.returncode,
+                    delay,
+                )
                 self.next_start[slot] = now + delay
             elif now >= self.next_start[slot]:
                 self.next_start[slot] = 0.0
@@ -140,6 +165,7 @@ class Supervisor:
 
     def run_forever(self) -> int:
         """Foreground mode for `genqueue worker`: supervise until SIGTERM/SIGINT."""
+
         def _stop(signum: int, _frame: object) -> None:
             self.stopping = True
 

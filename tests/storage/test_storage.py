@@ -15,8 +15,18 @@ from genqueue.storage.results import NewResult, iter_results, write_results
 
 
 def make_job(store: Store, n: int = 10, chunk: int = 4, **fields: Any) -> Job:
-    job = jobs.create_job(store, kind="generate", model="m", queue="q", params={},
-                          chunk_size=chunk, priority=5, meta={}, options={}, **fields)
+    job = jobs.create_job(
+        store,
+        kind="generate",
+        model="m",
+        queue="q",
+        params={},
+        chunk_size=chunk,
+        priority=5,
+        meta={},
+        options={},
+        **fields,
+    )
     assert isinstance(job, Job)
     items = [jobs.NewItem(line=i + 1, custom_id=f"c{i}", prompt=f"p{i}") for i in range(n)]
     plan = [list(range(i, min(n, i + chunk))) for i in range(0, n, chunk)]
@@ -31,8 +41,14 @@ def task_ids(store: Store, job_id: str) -> list[int]:
 
 
 def ok(idx: int, text: str = "out") -> NewResult:
-    return NewResult(idx=idx, status=ResultStatus.SUCCEEDED, output=text, finish_reason="length",
-                     prompt_tokens=3, completion_tokens=4)
+    return NewResult(
+        idx=idx,
+        status=ResultStatus.SUCCEEDED,
+        output=text,
+        finish_reason="length",
+        prompt_tokens=3,
+        completion_tokens=4,
+    )
 
 
 def test_migrations_match_models(store: Store) -> None:
@@ -81,8 +97,9 @@ def test_first_writer_wins_and_duplicates_are_counted(store: Store) -> None:
 def test_live_lease_cannot_be_claimed(store: Store) -> None:
     job = make_job(store, n=2, chunk=2)
     (tid,) = task_ids(store, job.id)
-    assert isinstance(leases.claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3),
-                      leases.Claim)
+    assert isinstance(
+        leases.claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3), leases.Claim
+    )
     refused = leases.claim_task(store, tid, "w2", lease_seconds=30, max_attempts=3)
     assert isinstance(refused, leases.ClaimRefused) and refused.reason == "leased"
 
@@ -163,8 +180,9 @@ def test_expired_deadline_keeps_partial_results(store: Store) -> None:
 
 def test_idempotency_key_returns_existing_job(store: Store) -> None:
     job = make_job(store, n=2, idempotency_key="k1")
-    again = jobs.create_job(store, kind="generate", model="m", queue="q", params={},
-                            chunk_size=2, idempotency_key="k1")
+    again = jobs.create_job(
+        store, kind="generate", model="m", queue="q", params={}, chunk_size=2, idempotency_key="k1"
+    )
     assert again == job.id
 
 
@@ -173,10 +191,24 @@ def test_failed_items_make_completed_with_errors_or_failed(store: Store) -> None
     (tid,) = task_ids(store, job.id)
     claim = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3)
     assert isinstance(claim, leases.Claim)
-    bad = [NewResult(idx=i, status=ResultStatus.FAILED, error_code="x", error_message="y")
-           for i in range(2)]
+    bad = [
+        NewResult(idx=i, status=ResultStatus.FAILED, error_code="x", error_message="y")
+        for i in range(2)
+    ]
     write_results(store, claim, bad)
     leases.finish_task(store, claim, outcome="done")
     assert jobs.finalize_job(store, job.id) == "failed"
     rec = next(iter(iter_results(store, job.id))).to_record()
     assert rec["error"] == {"code": "x", "message": "y"} and rec["usage"] is None
+
+
+def test_nul_characters_are_stored_the_same_on_every_backend(store: Store) -> None:
+    """PostgreSQL text cannot hold NUL; a model that emits one must not fail the item."""
+    job = make_job(store, n=1, chunk=1)
+    (tid,) = task_ids(store, job.id)
+    claim = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    res = NewResult(idx=0, status=ResultStatus.SUCCEEDED, output="a\x00b", outputs=["a\x00b", "c"])
+    assert write_results(store, claim, [res]) == (1, 0)
+    row = next(iter(iter_results(store, job.id)))
+    assert row.output == "ab" and row.outputs == ["ab", "c"]

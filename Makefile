@@ -1,0 +1,30 @@
+# The single entry point. `make run` is the quick start; `make test` runs the suite.
+PYTHON ?= python3
+STAMP := .genqueue/.installed
+
+.PHONY: install run lint test bench services
+
+$(STAMP): pyproject.toml
+	# torch is pinned to the CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[dev]"
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+
+install: $(STAMP)
+
+## Quick start: a real job end to end on the embedded defaults (no servers to start).
+run: install
+	genqueue run examples/reviews.jsonl --kind generate \
+	  --template "Review: {review}\nSentiment:" --model tiny-gpt2 --max-new-tokens 16 \
+	  -o examples/reviews.results.jsonl
+
+lint: install
+	ruff check .
+	ruff format --check .
+	mypy genqueue storage scheduler worker
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) bench/run_all.py
