@@ -7,6 +7,7 @@ allowed range, so a user can fix the input without reading code.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Self
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -141,3 +142,10 @@ def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for sequence `index` of an item whose seed is `seed` (stable across
+    processes and versions, unlike `hash()`)."""
+    digest = hashlib.sha256(f"genqueue:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)

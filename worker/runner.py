@@ -8,7 +8,6 @@ SQL. Results are written idempotently, so a task run twice stores each item once
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from genqueue.params import GenerationParams
+from genqueue.params import GenerationParams, derive_seed
 from genqueue.settings import Settings
 from genqueue.storage import jobs, leases
 from genqueue.storage.db import Store
@@ -52,8 +51,7 @@ def item_seed(job_seed: int | None, item_params: dict[str, object] | None, idx: 
         return int(item_params["seed"])  # type: ignore[call-overload]
     if job_seed is None:
         return None
-    digest = hashlib.blake2b(f"{job_seed}:{idx}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    return derive_seed(job_seed, idx)
 
 
 def build_requests(claim: Claim) -> list[GenRequest]:

@@ -79,6 +79,9 @@ class Supervisor:
         env = {**os.environ, **self.spec.env}
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         env["TOKENIZERS_PARALLELISM"] = "false"
+        # Model-load progress bars from every process would drown the job's own progress.
+        env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if self.gpus:
             tp = self.spec.tensor_parallel
             mine = [self.gpus[(slot * tp + k) % len(self.gpus)] for k in range(tp)]

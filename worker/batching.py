@@ -1,0 +1,202 @@
+"""Micro-batching above the engines: token budget, out-of-memory backoff, isolation.
+
+`generate_all` turns any number of requests into engine calls whose padded size fits a
+token budget, and guarantees every request exactly one `GenResult`: problems with one
+item (too long, fails to generate, does not fit in memory alone) become that item's
+`ItemError` instead of failing its neighbours or the task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from genqueue.worker.engines.base import Engine, GenRequest, GenResult, ItemError, OutOfMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How to cut requests into micro-batches.
+
+    `token_budget` bounds the padded size of one engine call: rows x (longest prompt +
+    max_new_tokens), rows counting beams and return sequences, a proxy for activation and
+    KV-cache memory. `truncate` cuts over-long prompts to fit instead of failing them.
+    """
+
+    token_budget: int = 16384
+    max_batch_size: int = 64
+    truncate: bool = False
+
+
+@dataclass
+class _Item:
+    request: GenRequest
+    tokens: int
+    truncated: bool = False
+
+
+def generate_all(
+    engine: Engine,
+    requests: Sequence[GenRequest],
+    policy: BatchPolicy,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[list[GenResult]]:
+    """Generate for all requests, yielding the results of each micro-batch as it is done
+    (items rejected up front come first, in one list). Each request gets exactly one
+    result, unless `should_stop()` turns true (checked before each engine call)."""
+    items, rejected = _precheck(engine, requests, policy)
+    if rejected:
+        yield rejected
+    groups: dict[tuple[Any, ...], list[_Item]] = {}
+    for item in items:
+        groups.setdefault(item.request.params.batch_key(), []).append(item)
+    cap = max(1, policy.max_batch_size)  # lowered for good after an out-of-memory
+    for group in groups.values():
+        # Sorting by length keeps padding small: neighbours have similar lengths.
+        group.sort(key=lambda it: it.tokens)
+        start = 0
+        while start < len(group):
+            if should_stop is not None and should_stop():
+                return
+            end = _batch_end(group, start, policy.token_budget, cap)
+            batch = group[start:end]
+            try:
+                results = _run(engine, batch)
+            except OutOfMemory as exc:
+                if len(batch) > 1:
+                    cap = max(1, len(batch) // 2)
+                    log.warning("out of memory with %d items; batches now <= %d", len(batch), cap)
+                    continue  # the same items again, in smaller batches
+                results = [_oom_result(batch[0], exc)]
+            except Exception as exc:
+                log.warning("batch of %d failed (%r); retrying its items alone", len(batch), exc)
+                yield from _isolate(engine, batch, should_stop)
+                start = end
+                continue
+            start = end
+            yield results
+
+
+def _batch_end(group: list[_Item], start: int, budget: int, cap: int) -> int:
+    """End index of the micro-batch starting at `start` (length-sorted `group`): as many
+    items as fit both the padded token budget and `cap`, at least one."""
+    params = group[start].request.params
+    rows_per_item = params.num_beams * params.num_return_sequences
+    end = start + 1
+    while end < len(group) and end - start < cap:
+        n = end - start + 1
+        # Sorted ascending, so the newest item is the longest: it sets the padded width.
+        if n * rows_per_item * (group[end].tokens + params.max_new_tokens) > budget:
+            break
+        end += 1
+    return end
+
+
+def _run(engine: Engine, batch: list[_Item]) -> list[GenResult]:
+    """One engine call, checked: exactly one result per request."""
+    results = engine.generate([it.request for it in batch])
+    keys = [it.request.key for it in batch]
+    if sorted(r.key for r in results) != sorted(keys):
+        raise RuntimeError(
+            f"engine returned results for keys {[r.key for r in results]}, not {keys}"
+        )
+    truncated = {it.request.key for it in batch if it.truncated}
+    for res in results:
+        res.truncated = res.truncated or res.key in truncated
+    return results
+
+
+def _isolate(
+    engine: Engine, batch: list[_Item], should_stop: Callable[[], bool] | None
+) -> Iterator[list[GenResult]]:
+    """Retry a failed batch item by item, so one bad item fails alone."""
+    for item in batch:
+        if should_stop is not None and should_stop():
+            return
+        try:
+            yield _run(engine, [item])
+        except OutOfMemory as exc:
+            yield [_oom_result(item, exc)]
+        except Exception as exc:
+            log.warning("item %s failed: %r", item.request.key, exc)
+            error = ItemError("generation_error", f"{type(exc).__name__}: {exc}")
+            yield [_error(item.request, error, item.tokens)]
+
+
+def _precheck(
+    engine: Engine, requests: Sequence[GenRequest], policy: BatchPolicy
+) -> tuple[list[_Item], list[GenResult]]:
+    """Count tokens once per item and reject (or truncate) what cannot fit the context."""
+    counts = _count_tokens(engine, requests)
+    max_ctx = engine.info.max_context
+    items: list[_Item] = []
+    rejected: list[GenResult] = []
+    for req, count in zip(requests, counts, strict=True):
+        if isinstance(count, ItemError):
+            rejected.append(_error(req, count, 0))
+            continue
+        max_new = req.params.max_new_tokens
+        if max_ctx is None or count + max_new <= max_ctx:
+            items.append(_Item(req, count))
+        elif max_new >= max_ctx:
+            rejected.append(
+                _error(
+                    req,
+                    ItemError(
+                        "max_new_tokens_too_large",
+                        f"max_new_tokens {max_new} leaves no room for a prompt in the model's "
+                        f"context of {max_ctx} tokens; use max_new_tokens below {max_ctx}",
+                    ),
+                    count,
+                )
+            )
+        elif policy.truncate:
+            try:
+                prompt = engine.truncate(req.prompt, max_ctx - max_new)
+                count = engine.count_tokens([prompt])[0]
+            except Exception as exc:
+                error = ItemError("generation_error", f"{type(exc).__name__}: {exc}")
+                rejected.append(_error(req, error, count))
+                continue
+            items.append(_Item(replace(req, prompt=prompt), count, truncated=True))
+        else:
+            msg = (
+                f"prompt has {count} tokens; with max_new_tokens {max_new} it exceeds the "
+                f"model's context of {max_ctx} tokens; shorten it, lower max_new_tokens, or "
+                "submit with --truncate"
+            )
+            rejected.append(_error(req, ItemError("prompt_too_long", msg), count))
+    return items, rejected
+
+
+def _count_tokens(engine: Engine, requests: Sequence[GenRequest]) -> list[int | ItemError]:
+    """Token counts in one call; if that fails, item by item so only bad items fail."""
+    prompts = [r.prompt for r in requests]
+    try:
+        return list(engine.count_tokens(prompts))
+    except Exception:
+        log.warning("counting tokens of %d prompts failed; counting one by one", len(prompts))
+    counts: list[int | ItemError] = []
+    for prompt in prompts:
+        try:
+            counts.append(engine.count_tokens([prompt])[0])
+        except Exception as exc:
+            counts.append(ItemError("generation_error", f"{type(exc).__name__}: {exc}"))
+    return counts
+
+
+def _oom_result(item: _Item, exc: OutOfMemory) -> GenResult:
+    msg = (
+        f"out of memory even alone ({exc}); lower max_new_tokens, num_beams or "
+        "num_return_sequences, or shorten the prompt"
+    )
+    return _error(item.request, ItemError("out_of_memory", msg), item.tokens)
+
+
+def _error(req: GenRequest, error: ItemError, tokens: int) -> GenResult:
+    return GenResult(key=req.key, prompt_tokens=tokens, error=error)

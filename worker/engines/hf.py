@@ -1,0 +1,384 @@
+"""The transformers engine: one model loaded with `from_pretrained`, batched `generate`.
+
+Loading is deliberately strict (safetensors only, remote code off unless trusted) because
+a worker loads whatever a job names. Generation is batch-invariant: decoder-only prompts
+are left-padded (so greedy output is the same alone or in any batch) and sampling draws
+from per-item generators (`genqueue.worker.sampling`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from genqueue.params import GenerationParams
+from genqueue.worker.engines import check_model_ref, local_revision
+from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
+from genqueue.worker.errors import EngineError
+from genqueue.worker.sampling import SeededSampler, item_seed, row_seeds
+
+
+class HFEngine:
+    """A causal or seq2seq transformers model; subclasses may wrap the loaded model
+    (`_wrap_model`) and the generate call (`_model_generate`), e.g. for DeepSpeed."""
+
+    engine_name = "hf"
+
+    def __init__(
+        self,
+        model_ref: str,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        host_memory_limit_mb: int | None = None,
+    ) -> None:
+        model_ref = check_model_ref(model_ref)
+        self.device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, self.device)
+        self.host_memory_limit_mb = host_memory_limit_mb
+        common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        try:
+            config = AutoConfig.from_pretrained(model_ref, **common)
+            model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            model: Any = model_cls.from_pretrained(
+                model_ref, config=config, dtype=torch_dtype, use_safetensors=True, **common
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(model_ref, **common)
+        except (OSError, ValueError) as exc:
+            raise _load_error(model_ref, exc, trust_remote_code) from exc
+        self.config = config
+        self.is_encoder_decoder = bool(config.is_encoder_decoder)
+        if not self.is_encoder_decoder:
+            # Left padding keeps every prompt's last token at the end, where generation
+            # continues; with the attention mask (and position ids derived from it) a
+            # row's output does not depend on how much padding its neighbours force.
+            self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = self._wrap_model(model.to(self.device).eval())
+        gen_eos = model.generation_config.eos_token_id
+        eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
+        self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
+        if Path(model_ref).is_dir():
+            loaded_revision: str | None = local_revision(Path(model_ref))
+        else:
+            loaded_revision = getattr(config, "_commit_hash", None) or revision
+        max_context = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        self.info = ModelInfo(
+            model_ref=model_ref,
+            revision=loaded_revision,
+            engine=self.engine_name,
+            is_encoder_decoder=self.is_encoder_decoder,
+            max_context=int(max_context) if max_context else None,
+            device=str(self.device),
+            dtype=str(torch_dtype).removeprefix("torch."),
+        )
+
+    # -- hooks for subclasses ------------------------------------------------------------
+    def _wrap_model(self, model: Any) -> Any:
+        """The model generate runs on; the identity here."""
+        return model
+
+    def _model_generate(self, **kwargs: Any) -> torch.Tensor:
+        """Run `generate` (a hook so wrappers can route it)."""
+        return self.model.generate(**kwargs)
+
+    # -- Engine protocol -------------------------------------------------------------------
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts including the special tokens the model sees (e.g. T5's `</s>`)."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """Cut the prompt to at most `max_tokens` tokens, at a token boundary of the original
+        text. Decoder-only models keep the LAST tokens: the continuation depends on the
+        most recent text, and instructions usually end the prompt. Seq2seq models keep the
+        FIRST tokens: the encoder reads the whole input and task prefixes
+        ("summarize: ", "translate ...: ") come first."""
+        fast = bool(getattr(self.tokenizer, "is_fast", False))  # offsets need a fast one
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+        ids = enc["input_ids"]
+        budget = max_tokens - self.tokenizer.num_special_tokens_to_add()
+        while True:
+            if budget <= 0:
+                return ""
+            keep = (
+                slice(None, budget) if self.is_encoder_decoder else slice(len(ids) - budget, None)
+            )
+            if budget >= len(ids):
+                cut = text
+            elif fast:  # slice the original text, so whitespace and spelling survive intact
+                spans = enc["offset_mapping"][keep]
+                cut = text[: spans[-1][1]] if self.is_encoder_decoder else text[spans[0][0] :]
+            else:
+                cut = self._decode(ids[keep])
+            # Re-tokenising a cut string can merge differently; shrink until it fits.
+            if self.count_tokens([cut])[0] <= max_tokens:
+                return cut
+            budget -= 1
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Generate for requests sharing params (except seeds) in one `generate` call.
+        Beam search with sampling runs item by item (see `_generate_batch`)."""
+        if not requests:
+            return []
+        key = requests[0].params.batch_key()
+        if any(r.params.batch_key() != key for r in requests):
+            raise ValueError("HFEngine.generate needs requests with equal params")
+        params = requests[0].params
+        with _oom_guard(self.device):
+            if params.do_sample and params.num_beams > 1:
+                return [self._generate_batch([r])[0] for r in requests]
+            return self._generate_batch(requests)
+
+    def close(self) -> None:
+        """Drop the model and give cached GPU memory back."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Tokenise with padding, run one `generate`, and post-process each row."""
+        params = requests[0].params
+        k = params.num_return_sequences
+        enc = self.tokenizer([r.prompt for r in requests], padding=True, return_tensors="pt")
+        enc = enc.to(self.device)
+        input_len = int(enc["input_ids"].shape[1])
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        if not self.is_encoder_decoder and min(prompt_lens) == 0:
+            raise ValueError("empty prompt: a decoder-only model needs at least one prompt token")
+        self._check_host_memory(len(requests) * params.num_beams * k, input_len, params)
+        seeds = [item_seed(r.seed, params) for r in requests]
+        kwargs = self._generate_kwargs(params, seeds)
+        start = 1 if self.is_encoder_decoder else input_len  # after decoder_start / prompt
+        if params.stop:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [_StopStrings(self.tokenizer, params.stop, start, params.min_new_tokens)]
+            )
+        model_inputs = dict(enc)
+        rng: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if params.do_sample and params.num_beams == 1 and k > 1:
+            # transformers refuses num_return_sequences > 1 without sampling or beams, and
+            # our sampler runs under do_sample=False: expand the rows ourselves, in the
+            # order generate would (row r*k + j is sequence j of item r).
+            model_inputs = {n: t.repeat_interleave(k, dim=0) for n, t in enc.items()}
+        if params.do_sample and params.num_beams > 1:
+            # Beam sampling cannot use per-row generators (beams reorder rows), so these
+            # items run alone under a seeded global RNG: still reproducible per item.
+            rng = _seeded_global_rng(seeds[0], self.device)
+        with torch.inference_mode(), rng:
+            out = self._model_generate(**model_inputs, **kwargs)
+        new_tokens = out[:, start:].tolist()
+        results = []
+        for i, req in enumerate(requests):
+            res = GenResult(key=req.key, prompt_tokens=int(prompt_lens[i]))
+            for j in range(k):
+                text, reason, used = self._finish(new_tokens[i * k + j], params)
+                res.outputs.append(text)
+                res.finish_reasons.append(reason)
+                res.completion_tokens += used
+            results.append(res)
+        return results
+
+    def _generate_kwargs(self, params: GenerationParams, seeds: list[int]) -> dict[str, Any]:
+        """Every GenerationParams field passed explicitly, so a model's own
+        generation_config (e.g. a default repetition_penalty) cannot change them."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "min_new_tokens": params.min_new_tokens,
+            "num_beams": params.num_beams,
+            "num_return_sequences": params.num_return_sequences,
+            "repetition_penalty": params.repetition_penalty,
+            "no_repeat_ngram_size": params.no_repeat_ngram_size,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": sorted(self.eos_ids),
+            "do_sample": False,
+        }
+        if params.do_sample and params.num_beams > 1:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            kwargs["top_k"] = params.top_k
+        elif params.do_sample:
+            kwargs["num_return_sequences"] = 1  # rows already expanded in _generate_batch
+            sampler = SeededSampler(
+                row_seeds(seeds, params.num_return_sequences),
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+            )
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
+        return kwargs
+
+    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[str, str, int]:
+        """(text, finish reason, completion tokens) of one generated row. The text ends
+        before the first EOS or stop string; completion tokens count what the model
+        produced for it (the EOS or the token completing the stop string included)."""
+        end, reason = len(new_ids), "length"
+        for i, tok in enumerate(new_ids):
+            if tok in self.eos_ids:
+                end, reason = i, "stop"
+                break
+        ids = new_ids[:end]
+        used = end + (1 if reason == "stop" else 0)
+        text = self._decode(ids)
+        if params.stop:
+            skip = len(self._decode(ids[: params.min_new_tokens])) if params.min_new_tokens else 0
+            hits = [pos for s in params.stop if (pos := text.find(s, skip)) >= 0]
+            if hits:
+                cut = min(hits)
+                # Fewest tokens whose text contains a stop string (monotone: binary search).
+                lo, hi = 1, len(ids)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    part = self._decode(ids[:mid])
+                    if any(part.find(s, skip) >= 0 for s in params.stop):
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                return text[:cut], "stop", lo
+        return text, reason, used
+
+    def _decode(self, ids: list[int]) -> str:
+        """Text of token ids, special tokens (EOS, padding) dropped."""
+        return str(
+            self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
+
+    def _check_host_memory(self, rows: int, prompt_len: int, params: GenerationParams) -> None:
+        """Refuse a batch whose KV cache alone would exceed the host memory budget, before
+        the allocator (or the OOM killer) finds out the hard way."""
+        if self.host_memory_limit_mb is None:
+            return
+        cfg = self.config
+        layers = getattr(cfg, "num_decoder_layers", None) or cfg.num_hidden_layers
+        heads = cfg.num_attention_heads
+        head_dim = (
+            getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) or cfg.hidden_size // heads
+        )
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        dtype_bytes = torch.finfo(next(self.model.parameters()).dtype).bits // 8
+        need = (
+            2 * layers * head_dim * kv_heads * rows * (prompt_len + params.max_new_tokens)
+        ) * dtype_bytes
+        if need > self.host_memory_limit_mb * 2**20:
+            raise OutOfMemory(
+                f"batch of {rows} rows x {prompt_len + params.max_new_tokens} tokens needs "
+                f"~{need / 2**20:.0f} MiB of KV cache; host memory limit is "
+                f"{self.host_memory_limit_mb} MiB"
+            )
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops a row once the text it generated (after `min_new` tokens) contains a stop
+    string. Only generated text is searched, never the prompt."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], start: int, min_new: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.start = start
+        self.min_new = min_new
+        # Every token decodes to at least one byte; a few extra cover multi-byte chars.
+        self.tail = max(len(s.encode()) for s in stops) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any) -> Any:
+        new = input_ids[:, self.start :]
+        begin = max(self.min_new, new.shape[1] - self.tail)
+        if new.shape[1] <= self.min_new:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        texts = self.tokenizer.batch_decode(new[:, begin:].tolist(), skip_special_tokens=True)
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+@contextlib.contextmanager
+def _oom_guard(device: torch.device) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into `OutOfMemory` after freeing the cache, so the
+    batching layer can halve the batch and retry."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG for one call and restore it afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _load_error(model_ref: str, exc: Exception, trust_remote_code: bool) -> EngineError:
+    """A loading failure rephrased as what the user can do about it."""
+    msg = str(exc)
+    if "trust_remote_code" in msg and not trust_remote_code:
+        return EngineError(
+            f"model {model_ref} needs custom code from its repository; genqueue does not run "
+            "it unless you trust it (pass trust_remote_code=True / --trust-remote-code)"
+        )
+    if "safetensors" in msg.lower():
+        return EngineError(
+            f"no safetensors weights for {model_ref}; genqueue loads safetensors only "
+            "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
+        )
+    return EngineError(f"could not load model {model_ref}: {msg}")
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" is the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise EngineError(f"invalid device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} requested but no CUDA GPU is available")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """ "auto" is bf16 on GPUs that support it, else fp16 on GPU, and fp32 on CPU (half
+    precision matmuls on CPU are slow and not what users expect)."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise EngineError(
+            f"unknown dtype {dtype!r}; use auto or one of {', '.join(_DTYPES)}"
+        ) from None
