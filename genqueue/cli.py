@@ -132,6 +132,7 @@ def run(
                 device=device,
                 processes=n,
                 trust_remote_code=kwargs["trust_remote_code"],
+                log_dir=str(state / "logs"),
             )
         )
         stack.start_reconciler()
@@ -140,8 +141,8 @@ def run(
         def check() -> None:
             if min(sup.restarts) >= 3 and client.status(job_id)["counts"]["succeeded"] == 0:
                 raise GenqueueError(
-                    "the worker processes keep exiting before doing any work "
-                    "(see their errors above); stopping"
+                    "the worker processes keep exiting before doing any work; the end of "
+                    f"{sup.log_path(0)}:\n{sup.log_tail(0)}"
                 )
 
         try:
@@ -307,7 +308,7 @@ def worker(
     host_memory_limit_mb: Annotated[
         int | None, typer.Option(help="CPU: halve a batch whose KV cache would exceed this")
     ] = None,
-    loglevel: str = "WARNING",
+    loglevel: str = "INFO",
     database_url: DbOpt = None,
     broker_url: BrokerOpt = None,
 ) -> None:

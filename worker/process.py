@@ -14,10 +14,11 @@ import logging
 import os
 import socket
 import sys
+import warnings
 from typing import Any
 
 from celery import signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SecurityWarning
 
 from genqueue.broker import make_celery
 from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         level=args.loglevel.upper(),
         format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s",
     )
+    # Celery warns when root could unpickle messages; genqueue accepts JSON only.
+    warnings.filterwarnings("ignore", category=SecurityWarning)
     settings = Settings()
     if not settings.broker_url:
         raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     def _graceful(**_: Any) -> None:
         ctx.stop.set()
 
-    log.warning(
+    log.info(
         "worker %s ready: model %s (%s, %s) on queue %s",
         name,
         model_ref,
@@ -102,20 +105,18 @@ def main(argv: list[str] | None = None) -> None:
         engine.info.device,
         queue,
     )
-    app.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            f"--queues={queue}",
-            f"--hostname={name}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--quiet",
-            f"--loglevel={args.loglevel}",
-        ]
+    worker = app.Worker(
+        pool="solo",
+        concurrency=1,
+        queues=[queue],
+        hostname=name,
+        loglevel=args.loglevel,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        quiet=True,
     )
+    worker.start()
     engine.close()
     store.dispose()
 

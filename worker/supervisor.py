@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class WorkerSpec:
     host_memory_limit_mb: int | None = None
     loglevel: str = "WARNING"
     env: dict[str, str] = field(default_factory=dict)
+    #: When set, each process writes its output to `worker-<slot>.log` there instead of
+    #: the terminal (the embedded run keeps the terminal for its progress bar).
+    log_dir: str | None = None
 
 
 def visible_gpus() -> list[str]:
@@ -117,9 +121,30 @@ class Supervisor:
             cmd.append("--trust-remote-code")
         if s.host_memory_limit_mb:
             cmd += ["--host-memory-limit-mb", str(s.host_memory_limit_mb)]
+        out = None
+        if s.log_dir:
+            Path(s.log_dir).mkdir(parents=True, exist_ok=True)
+            out = open(self.log_path(slot), "ab")  # noqa: SIM115 (the child owns it)
         self.children[slot] = subprocess.Popen(
-            cmd, env=self._env(slot), preexec_fn=_die_with_parent
+            cmd,
+            env=self._env(slot),
+            preexec_fn=_die_with_parent,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
         )
+        if out is not None:
+            out.close()
+
+    def log_path(self, slot: int) -> Path:
+        return Path(self.spec.log_dir or ".") / f"worker-{slot}.log"
+
+    def log_tail(self, slot: int = 0, lines: int = 25) -> str:
+        """The end of a process's log (to explain why it exited)."""
+        try:
+            text = self.log_path(slot).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def start(self) -> None:
         for slot in range(self.spec.processes):

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from genqueue.storage.text import clean_text
 from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.slow
@@ -104,7 +105,8 @@ def reference(model_dir: Path, prompts: list[str]) -> list[str]:
                 pad_token_id=tok.pad_token_id or tok.eos_token_id,
             )
             new = gen[0] if cfg.is_encoder_decoder else gen[0, enc["input_ids"].shape[1] :]
-            outs.append(tok.decode(new, skip_special_tokens=True))
+            # NUL characters are dropped on storage (PostgreSQL cannot hold them).
+            outs.append(clean_text(tok.decode(new, skip_special_tokens=True)) or "")
     return outs
 
 
