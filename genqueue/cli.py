@@ -21,8 +21,8 @@ app = typer.Typer(
     add_completion=False,
     help="A distributed job queue for batch text generation with pretrained language models.",
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DbOpt = Annotated[
     str | None, typer.Option("--database-url", envvar="GENQUEUE_DATABASE_URL", help="SQL store URL")

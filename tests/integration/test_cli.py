@@ -1,0 +1,223 @@
+"""The command line as a user runs it: real processes, real Redis, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genqueue.broker import queue_depth, redis_client
+from genqueue.protocol import queue_for
+from tests.schemas import validate_line
+
+pytestmark = pytest.mark.slow
+GQ = [sys.executable, "-m", "genqueue.cli"]
+
+
+def gq(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    check: bool = True,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*GQ, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin.decode() if stdin else None,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"genqueue {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_run_embedded_writes_one_result_per_input(tmp_path: Path) -> None:
+    """`genqueue run` on a fresh setup: builds the tiny model, starts embedded Redis +
+    SQLite + workers, exits 0 and writes one valid line per input, next to the input."""
+    src = write_jsonl(
+        tmp_path / "reviews.jsonl",
+        [{"custom_id": f"r{i}", "review": "good " * (i % 7 + 1)} for i in range(60)],
+    )
+    env = {"GENQUEUE_HOME": str(tmp_path / "home")}
+    proc = gq(
+        "run",
+        str(src),
+        "--model",
+        "tiny-gpt2",
+        "--template",
+        "Review: {review}",
+        "--max-new-tokens",
+        "4",
+        "--workers",
+        "2",
+        "--json",
+        env=env,
+        timeout=300,
+    )
+    summary = json.loads(proc.stdout)
+    assert summary["state"] == "completed"
+    out = tmp_path / "reviews.results.jsonl"
+    assert summary["results"] == str(out) and summary["lines"] == 60
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [ln["custom_id"] for ln in lines] == [f"r{i}" for i in range(60)]
+    for ln in lines:
+        validate_line(ln)
+        assert ln["status"] == "succeeded"
+
+
+def test_run_reads_stdin_csv_and_explains_bad_input(tmp_path: Path) -> None:
+    env = {"GENQUEUE_HOME": str(tmp_path / "home")}
+    bad = b'{"prompt": "ok"}\n{"prompt": \n{"text": "no prompt"}\n'
+    proc = gq(
+        "run",
+        "-",
+        "--model",
+        "tiny-gpt2",
+        "-o",
+        str(tmp_path / "o.jsonl"),
+        env=env,
+        check=False,
+        stdin=bad,
+    )
+    assert proc.returncode == 2
+    assert "line 2" in proc.stderr and "line 3" in proc.stderr and "prompt" in proc.stderr
+    assert "nothing was submitted" in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.fixture
+def services(pg_url: str, redis_url: str, tiny_gpt2_dir: Path) -> dict[str, str]:
+    return {
+        "GENQUEUE_DATABASE_URL": pg_url,
+        "GENQUEUE_BROKER_URL": redis_url,
+        "GENQUEUE_LEASE_SECONDS": "5",
+        "GENQUEUE_RECONCILE_INTERVAL": "0.5",
+        "GENQUEUE_HOME": os.environ["GENQUEUE_HOME"],
+    }
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*GQ, *args], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], bound: float = 30) -> float:
+    """SIGTERM, and how long it took to exit (the graceful-stop bound)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=bound)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("process did not stop within the bound") from None
+    return time.monotonic() - t0
+
+
+def test_submit_to_postgres_with_two_worker_processes(
+    services: dict[str, str], tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"prompt": f"item {i} " + "word " * (i % 30)} for i in range(300)]
+    )
+    worker = start(
+        ["worker", "--model", str(tiny_gpt2_dir), "--processes", "2", "--device", "cpu"], services
+    )
+    sched = start(["scheduler"], services)
+    try:
+        job_id = json.loads(
+            gq(
+                "submit",
+                str(src),
+                "--model",
+                str(tiny_gpt2_dir),
+                "--max-new-tokens",
+                "4",
+                "--chunk-size",
+                "16",
+                "--json",
+                env=services,
+            ).stdout
+        )["job_id"]
+        deadline = time.monotonic() + 240
+        while True:
+            st = json.loads(gq("status", job_id, "--json", env=services).stdout)
+            if st["state"] not in ("queued", "running") or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert st["state"] == "completed", st
+        assert st["counts"]["succeeded"] == 300
+        listed = json.loads(gq("jobs", "--json", env=services).stdout)
+        assert [j["job_id"] for j in listed] == [job_id]
+        gq("results", job_id, "-o", str(tmp_path / "out.csv"), env=services)
+        assert len((tmp_path / "out.csv").read_text().splitlines()) == 301
+        lines = [json.loads(x) for x in gq("results", job_id, env=services).stdout.splitlines()]
+        assert len(lines) == 300
+        for ln in lines:
+            validate_line(ln)
+        with_attempts = gq("status", job_id, env=services).stdout
+        assert "completed" in with_attempts
+    finally:
+        assert stop(worker) < 30
+        stop(sched)
+
+
+def test_invalid_submission_leaves_nothing_behind(
+    services: dict[str, str], tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"prompt": "a", "custom_id": "x"}, {"prompt": "b", "custom_id": "x"}],
+    )
+    proc = gq("submit", str(src), "--model", str(tiny_gpt2_dir), env=services, check=False)
+    assert proc.returncode == 2
+    assert "custom_id 'x' is used more than once (lines 1, 2)" in proc.stderr
+    proc = gq(
+        "submit",
+        str(src),
+        "--model",
+        str(tiny_gpt2_dir),
+        "--temperature",
+        "-1",
+        env=services,
+        check=False,
+    )
+    assert proc.returncode == 2 and "temperature" in proc.stderr and "0 <" in proc.stderr
+    proc = gq("submit", str(src), "--model", str(tmp_path / "nope"), env=services, check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert json.loads(gq("jobs", "--json", env=services).stdout) == []
+    client = redis_client(services["GENQUEUE_BROKER_URL"])
+    assert queue_depth(client, queue_for(str(tiny_gpt2_dir))) == 0
+
+
+def test_cancel_keeps_results_and_marks_the_rest(
+    services: dict[str, str], tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"p{i}"} for i in range(40)])
+    job_id = gq("submit", str(src), "--model", str(tiny_gpt2_dir), env=services).stdout.strip()
+    assert "cancel requested" in gq("cancel", job_id, env=services).stderr
+    st = json.loads(gq("status", job_id, "--json", env=services).stdout)
+    assert st["state"] == "cancelled" and st["counts"]["cancelled"] == 40
+    lines = [json.loads(x) for x in gq("results", job_id, env=services).stdout.splitlines()]
+    assert {ln["status"] for ln in lines} == {"cancelled"}
+    assert lines[0]["error"]["code"] == "job_cancelled"
+    for ln in lines:
+        validate_line(ln)
