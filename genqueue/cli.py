@@ -285,6 +285,30 @@ def cancel(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
 
 
 @app.command()
+def retry(
+    job_id: str,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="Only items in this status (repeatable): failed, cancelled, expired"),
+    ] = None,
+    deadline: Annotated[str | None, typer.Option(help="A new completion window (30m, 24h)")] = None,
+    database_url: DbOpt = None,
+    broker_url: BrokerOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-run a finished job's failed/cancelled/expired items, keeping its successes."""
+    from genqueue.jobopts import parse_deadline
+
+    n = _client(database_url, broker_url).retry(
+        job_id, statuses=tuple(status) if status else None, deadline=parse_deadline(deadline)
+    )
+    if json_out:
+        out.print_json(data={"job_id": job_id, "requeued": n})
+    else:
+        err.print(f"job {job_id}: {n} item(s) queued again")
+
+
+@app.command()
 def worker(
     model: Annotated[
         str,

@@ -155,6 +155,24 @@ class Client:
 
         return request_cancel(self.store, job_id)
 
+    def retry(
+        self,
+        job_id: str,
+        *,
+        statuses: tuple[str, ...] | None = None,
+        deadline: datetime | timedelta | None = None,
+    ) -> int:
+        """Re-run a finished job's failed/cancelled/expired items (or only `statuses`),
+        keeping its successes; returns how many items were queued again."""
+        from genqueue.storage import jobs, leases
+        from genqueue.storage.db import utcnow
+
+        when = utcnow() + deadline if isinstance(deadline, timedelta) else deadline
+        n = jobs.retry_items(self.store, job_id, statuses or jobs.RETRYABLE, deadline_at=when)
+        if n and self.dispatcher is not None:
+            self.dispatcher.send(self.store, leases.queued_tasks(self.store, job_id=job_id))
+        return n
+
     def close(self) -> None:
         if self._dispatcher is not None:
             self._dispatcher.close()

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     dispatch_grace_seconds: float = Field(10.0, ge=0)
     #: Default items per task.
     chunk_size: int = Field(64, ge=1, le=100_000)
+    #: A micro-batch running longer than this means an item hangs the model: the worker
+    #: process exits so the item is retried and, past max_attempts, isolated and failed.
+    batch_timeout_seconds: float = Field(600.0, gt=0)
     #: Worker micro-batch limits.
     token_budget: int = Field(16384, ge=16)
     max_batch_size: int = Field(64, ge=1)

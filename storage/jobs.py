@@ -384,3 +384,68 @@ def expire_job(store: Store, job_id: str) -> bool:
         job.state = JobState.EXPIRED.value
         job.finished_at = utcnow()
         return True
+
+
+RETRYABLE = (ResultStatus.FAILED.value, ResultStatus.CANCELLED.value, ResultStatus.EXPIRED.value)
+
+
+def retry_items(
+    store: Store,
+    job_id: str,
+    statuses: Sequence[str] = RETRYABLE,
+    deadline_at: datetime | None = None,
+) -> int:
+    """Re-run a finished job's failed/cancelled/expired items in the same job, keeping its
+    successes. Their results are removed, they get new tasks (fresh attempts) and the job
+    is queued again. Returns the number of items re-queued (the caller dispatches)."""
+    bad = [s for s in statuses if s not in RETRYABLE]
+    if bad:
+        raise StorageError(f"cannot retry items in status {bad}; retryable: {', '.join(RETRYABLE)}")
+    with store.session() as s:
+        job = get_job(s, job_id)
+        if not JobState(job.state).final:
+            raise StorageError(
+                f"job {job_id} is still {job.state}; retry it once it has finished "
+                "(or cancel it first)"
+            )
+        rows = s.execute(
+            select(Result.idx, Result.task_id, Result.status)
+            .where(Result.job_id == job_id, Result.status.in_(list(statuses)))
+            .order_by(Result.idx)
+        ).all()
+        if not rows:
+            return 0
+        # Failed results were counted on their task; take them back off.
+        failed_by_task: dict[int, int] = {}
+        for r in rows:
+            if r.status == ResultStatus.FAILED.value and r.task_id is not None:
+                failed_by_task[r.task_id] = failed_by_task.get(r.task_id, 0) + 1
+        for task_id, n in failed_by_task.items():
+            s.execute(update(Task).where(Task.id == task_id).values(n_failed=Task.n_failed - n))
+        idxs = [r.idx for r in rows]
+        for start in range(0, len(idxs), 900):
+            part = idxs[start : start + 900]
+            s.execute(delete(Result).where(Result.job_id == job_id, Result.idx.in_(part)))
+        for start in range(0, len(idxs), job.chunk_size):
+            part = idxs[start : start + job.chunk_size]
+            task_id = s.scalar(
+                insert(Task).returning(Task.id),
+                [
+                    {
+                        "job_id": job_id,
+                        "priority": job.priority,
+                        "n_items": len(part),
+                        "state": TaskState.PENDING.value,
+                    }
+                ],
+            )
+            s.execute(
+                update(Item)
+                .where(Item.job_id == job_id, Item.idx.in_(part))
+                .values(task_id=task_id, attempts=0)
+            )
+        job.state = JobState.QUEUED.value
+        job.cancel_requested = False
+        job.finished_at = None
+        job.deadline_at = deadline_at
+        return len(idxs)

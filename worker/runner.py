@@ -9,6 +9,7 @@ SQL. Results are written idempotently, so a task run twice stores each item once
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -93,7 +94,12 @@ def to_new_result(r: GenResult, latency_ms: float) -> NewResult:
 
 
 class _Heartbeat(threading.Thread):
-    """Extends the lease every heartbeat interval; notices when the lease was lost."""
+    """Extends the lease every heartbeat interval; notices when the lease was lost.
+
+    It is also the watchdog: a micro-batch that runs past `batch_timeout_seconds` means
+    an item hangs the model. Heartbeats alone would keep that lease alive forever, so the
+    process exits; the lease expires, the attempt counts, and the poison item is isolated
+    (the supervisor starts a fresh process)."""
 
     def __init__(self, ctx: WorkerContext, claim: Claim) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{claim.task_id}")
@@ -101,10 +107,20 @@ class _Heartbeat(threading.Thread):
         self.done = threading.Event()
         self.lost = False
         self.job_stopped = False
+        self.batch_started = time.monotonic()
 
     def run(self) -> None:
         s = self.ctx.settings
         while not self.done.wait(s.heartbeat_seconds):
+            if time.monotonic() - self.batch_started > s.batch_timeout_seconds:
+                log.error(
+                    "task %s: a micro-batch ran over %.0fs (an item hangs the model); "
+                    "exiting so the task is retried and the item isolated",
+                    self.claim.task_id,
+                    s.batch_timeout_seconds,
+                )
+                logging.shutdown()
+                os._exit(70)
             try:
                 if not leases.heartbeat(self.ctx.store, self.claim, s.lease_seconds):
                     self.lost = True
@@ -180,6 +196,7 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
             return ctx.stop.is_set() or hb.lost or hb.job_stopped or writer.error is not None
 
         started = time.perf_counter()
+        hb.batch_started = time.monotonic()
         for batch in generate_all(
             ctx.engine, build_requests(claim), policy, should_stop=should_stop
         ):
@@ -187,6 +204,7 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
             per_item = (now - started) * 1000 / max(1, len(batch))
             started = now
             writer.inbox.put([to_new_result(r, per_item) for r in batch])
+            hb.batch_started = time.monotonic()
         if should_stop():
             outcome = "stopped"
     except BaseException as exc:

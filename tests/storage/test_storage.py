@@ -212,3 +212,32 @@ def test_nul_characters_are_stored_the_same_on_every_backend(store: Store) -> No
     assert write_results(store, claim, [res]) == (1, 0)
     row = next(iter(iter_results(store, job.id)))
     assert row.output == "ab" and row.outputs == ["ab", "c"]
+
+
+def test_retry_reruns_only_unsuccessful_items(store: Store) -> None:
+    job = make_job(store, n=6, chunk=3)
+    first, second = task_ids(store, job.id)
+    claim = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    bad = NewResult(idx=1, status=ResultStatus.FAILED, error_code="generation_error",
+                    error_message="boom")
+    write_results(store, claim, [ok(0), bad, ok(2)])
+    leases.finish_task(store, claim, outcome="done")
+    jobs.request_cancel(store, job.id)  # items 3..5 never ran
+    assert jobs.view_job(store, job.id).job.state == "cancelled"
+
+    assert jobs.retry_items(store, job.id) == 4
+    view = jobs.view_job(store, job.id)
+    assert view.job.state == "queued" and not view.job.cancel_requested
+    assert (view.counts.succeeded, view.counts.failed, view.counts.pending) == (2, 0, 4)
+    todo = leases.queued_tasks(store, job_id=job.id)
+    assert len(todo) == 2  # chunk size 3: items 1,3,4 and 5
+    for tid, _queue, _prio in todo:
+        got = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3)
+        assert isinstance(got, leases.Claim) and got.attempt == 1
+        write_results(store, got, [ok(i.idx, "retried") for i in got.items])
+        leases.finish_task(store, got, outcome="done")
+    assert jobs.finalize_job(store, job.id) == "completed"
+    outputs = {r.index: r.output for r in iter_results(store, job.id)}
+    assert outputs == {0: "out", 1: "retried", 2: "out", 3: "retried", 4: "retried", 5: "retried"}
+    assert jobs.retry_items(store, job.id) == 0

@@ -57,8 +57,13 @@ def load_engine(
         from genqueue.worker.engines.dryrun import DryRunEngine
 
         return DryRunEngine(model_ref, revision=revision)
+    if ":" in name:
+        return _load_custom(name, model_ref, revision=revision, device=device, dtype=dtype)
     if name not in ENGINE_NAMES:
-        raise EngineError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
+        raise EngineError(
+            f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}, or "
+            "'package.module:Class' for your own Engine implementation"
+        )
     if tensor_parallel < 1:
         raise EngineError(f"tensor_parallel must be >= 1 (got {tensor_parallel})")
     if name == "hf":
@@ -88,6 +93,31 @@ def load_engine(
         tensor_parallel=tensor_parallel,
         host_memory_limit_mb=host_memory_limit_mb,
     )
+
+
+def _load_custom(spec: str, model_ref: str, **kwargs: object) -> Engine:
+    """An engine of your own, `package.module:Class`: the class is called with the model
+    reference and keyword arguments `revision`, `device` and `dtype`, and must provide
+    the `Engine` interface (see engines/base.py)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise EngineError(f"cannot load engine {spec!r}: {exc}") from exc
+    engine = cls(model_ref, **kwargs)
+    missing = [
+        m
+        for m in ("info", "count_tokens", "truncate", "generate", "close")
+        if not hasattr(engine, m)
+    ]
+    if missing:
+        raise EngineError(
+            f"engine {spec!r} lacks {', '.join(missing)} (see Engine in "
+            "genqueue/worker/engines/base.py)"
+        )
+    return engine  # type: ignore[no-any-return]
 
 
 def check_model_ref(model_ref: str) -> str:
