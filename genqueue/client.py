@@ -97,7 +97,7 @@ class Client:
             trust_remote_code=trust_remote_code,
         )
         if isinstance(source, str | Path) or hasattr(source, "read"):
-            return submit(self.store, self.dispatcher, source, spec, fmt=format).job_id  # type: ignore[arg-type]
+            return submit(self.store, self.dispatcher, source, spec, fmt=format).job_id
         with _spool(source) as stream:
             return submit(
                 self.store, self.dispatcher, stream, spec, fmt="jsonl", input_name="<records>"

@@ -239,7 +239,7 @@ def job_counts(session: Session, job: Job) -> JobCounts:
     )
     cancelled = expired = 0
     if job.state in (JobState.CANCELLED.value, JobState.EXPIRED.value) or job.cancel_requested:
-        by_status = dict(
+        by_status: dict[str, int] = dict(
             session.execute(
                 select(Result.status, func.count())
                 .where(
@@ -429,15 +429,16 @@ def retry_items(
         for start in range(0, len(idxs), job.chunk_size):
             part = idxs[start : start + job.chunk_size]
             task_id = s.scalar(
-                insert(Task).returning(Task.id),
-                [
+                insert(Task)
+                .values(
                     {
                         "job_id": job_id,
                         "priority": job.priority,
                         "n_items": len(part),
                         "state": TaskState.PENDING.value,
                     }
-                ],
+                )
+                .returning(Task.id)
             )
             s.execute(
                 update(Item)

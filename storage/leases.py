@@ -118,8 +118,8 @@ def claim_task(
                 .values(attempts=Item.attempts + 1)
             )
         attempt_id = s.scalar(
-            insert(Attempt).returning(Attempt.id),
-            [
+            insert(Attempt)
+            .values(
                 {
                     "task_id": task.id,
                     "job_id": task.job_id,
@@ -128,7 +128,8 @@ def claim_task(
                     "lease_token": token,
                     "started_at": now,
                 }
-            ],
+            )
+            .returning(Attempt.id)
         )
         if job.state == JobState.QUEUED.value:
             job.state = JobState.RUNNING.value
@@ -247,8 +248,8 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
         new_ids = []
         for part in (items[:half], items[half:]):
             new_id = s.scalar(
-                insert(Task).returning(Task.id),
-                [
+                insert(Task)
+                .values(
                     {
                         "job_id": task.job_id,
                         "priority": task.priority,
@@ -256,7 +257,8 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
                         "state": TaskState.QUEUED.value,
                         "parent_id": task.id,
                     }
-                ],
+                )
+                .returning(Task.id)
             )
             assert new_id is not None
             s.execute(

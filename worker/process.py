@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = WorkerContext(store=store, engine=engine, settings=settings, worker_id=name)
     ctx.send_tasks = _sender(app, store, queue)
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=TASK_NAME, bind=True, acks_late=True)
     def genqueue_run_task(self: Any, task_id: int) -> str:
         try:
             return run_task(ctx, int(task_id))
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             log.exception("task %s failed", task_id)
             raise
 
-    @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+    @signals.worker_shutting_down.connect
     def _graceful(**_: Any) -> None:
         ctx.stop.set()
 

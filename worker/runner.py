@@ -149,7 +149,7 @@ class _Writer(threading.Thread):
                 continue
             try:
                 w, d = retry_transient(
-                    lambda b=batch: write_results(self.ctx.store, self.claim, b),  # type: ignore[misc]
+                    lambda b=batch: write_results(self.ctx.store, self.claim, b),
                     what=f"writing results of task {self.claim.task_id}",
                     stop=self.ctx.stop,
                 )

@@ -117,7 +117,7 @@ def _load_custom(spec: str, model_ref: str, **kwargs: object) -> Engine:
             f"engine {spec!r} lacks {', '.join(missing)} (see Engine in "
             "genqueue/worker/engines/base.py)"
         )
-    return engine  # type: ignore[no-any-return]
+    return engine
 
 
 def check_model_ref(model_ref: str) -> str:
