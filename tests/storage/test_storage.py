@@ -216,11 +216,12 @@ def test_nul_characters_are_stored_the_same_on_every_backend(store: Store) -> No
 
 def test_retry_reruns_only_unsuccessful_items(store: Store) -> None:
     job = make_job(store, n=6, chunk=3)
-    first, second = task_ids(store, job.id)
+    first, _second = task_ids(store, job.id)
     claim = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=3)
     assert isinstance(claim, leases.Claim)
-    bad = NewResult(idx=1, status=ResultStatus.FAILED, error_code="generation_error",
-                    error_message="boom")
+    bad = NewResult(
+        idx=1, status=ResultStatus.FAILED, error_code="generation_error", error_message="boom"
+    )
     write_results(store, claim, [ok(0), bad, ok(2)])
     leases.finish_task(store, claim, outcome="done")
     jobs.request_cancel(store, job.id)  # items 3..5 never ran
