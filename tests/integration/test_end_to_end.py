@@ -197,3 +197,22 @@ def test_four_kinds_end_to_end(
     assert [r["completion_tokens"] for r in table] == [
         e["usage"]["completion_tokens"] for e in expected
     ]
+
+
+def test_higher_priority_job_is_served_first(deployment: Deployment, tmp_path: Path) -> None:
+    """Tasks wait in Redis per priority: a later, more urgent job overtakes an earlier one."""
+    from sqlalchemy import select
+
+    from genqueue.storage.models import Attempt
+
+    client = deployment.client
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p {i}"}) + "\n" for i in range(40)))
+    low = client.submit(src, kind="generate", model="tiny-gpt2", chunk_size=4, priority=1)
+    high = client.submit(src, kind="generate", model="tiny-gpt2", chunk_size=4, priority=9)
+    deployment.start_workers("tiny-gpt2", engine="dry-run")
+    assert client.wait(low, timeout=120, poll=0.3)["state"] == "completed"
+    assert client.wait(high, timeout=30, poll=0.3)["state"] == "completed"
+    with client.store.session() as s:
+        order = s.scalars(select(Attempt.job_id).order_by(Attempt.started_at, Attempt.id)).all()
+    assert order[:10] == [high] * 10, order
