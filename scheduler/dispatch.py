@@ -78,6 +78,11 @@ class Dispatcher:
         return queue_depth(self.redis, queue)
 
     def close(self) -> None:
+        """Release every broker connection (an embedded Redis stops with its last client)."""
         if self._redis is not None:
             self._redis.close()
+            self._redis.connection_pool.disconnect()
+            self._redis = None
+        self.app.amqp.producer_pool.force_close_all()
+        self.app.pool.force_close_all()
         self.app.close()
