@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from genqueue.errors import GenqueueError
+from genqueue.params import GenerationParams
 
 _P = "Generation"
 _J = "Job"
@@ -183,20 +184,8 @@ OPTIONS: list[tuple[str, Any, Any]] = [
         None,
     ),
 ]
-PARAM_NAMES = (
-    "max_new_tokens",
-    "min_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "num_beams",
-    "num_return_sequences",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "do_sample",
-    "seed",
-    "stop",
-)
+#: The generation params, in the model's order (the flags above set them one by one).
+PARAM_NAMES = tuple(GenerationParams.model_fields)
 
 
 class OptionError(GenqueueError):

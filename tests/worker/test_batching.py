@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genqueue.params import GenerationParams
 from genqueue.worker.batching import BatchPolicy, generate_all
-from genqueue.worker.engines import GenRequest, GenResult, ModelInfo, OutOfMemory, load_engine
+from genqueue.worker.engines import GenRequest, GenResult, ModelInfo, OutOfMemory
 from genqueue.worker.engines.base import Engine
 
 PROMPTS = [
@@ -83,23 +80,6 @@ class Wrapped:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner
-    spinning OpenMP threads slow them down badly; restored for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir: Path) -> Iterator[Engine]:
-    engine = load_engine("hf", str(tiny_gpt2_dir))
-    yield engine
-    engine.close()
 
 
 def requests_for(prompts: Sequence[str], params: GenerationParams) -> list[GenRequest]:

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +36,6 @@ def reqs(prompts: list[str], params: GenerationParams, seeds: list[int] | None =
         GenRequest(i, p, params, seed=s)
         for i, (p, s) in enumerate(zip(prompts, seeds_, strict=True))
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner
-    spinning OpenMP threads slow them down badly; restored for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir: Path) -> Iterator[HFEngine]:
-    engine = load_engine("hf", str(tiny_gpt2_dir))
-    assert isinstance(engine, HFEngine)
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def t5(tiny_t5_dir: Path) -> Iterator[HFEngine]:
-    engine = load_engine("hf", str(tiny_t5_dir))
-    assert isinstance(engine, HFEngine)
-    yield engine
-    engine.close()
 
 
 @functools.cache
