@@ -152,15 +152,82 @@ OPTIONS: list[tuple[str, Any, Any]] = [
         ],
         None,
     ),
-    ("max_new_tokens", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
-    ("min_new_tokens", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
-    ("temperature", Annotated[float | None, typer.Option(rich_help_panel=_P)], None),
-    ("top_p", Annotated[float | None, typer.Option(rich_help_panel=_P)], None),
-    ("top_k", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
-    ("num_beams", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
-    ("num_return_sequences", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
-    ("repetition_penalty", Annotated[float | None, typer.Option(rich_help_panel=_P)], None),
-    ("no_repeat_ngram_size", Annotated[int | None, typer.Option(rich_help_panel=_P)], None),
+    (
+        "max_new_tokens",
+        Annotated[
+            int | None,
+            typer.Option(help="New tokens per output, 1..32768 (default 64)", rich_help_panel=_P),
+        ],
+        None,
+    ),
+    (
+        "min_new_tokens",
+        Annotated[
+            int | None,
+            typer.Option(help="At least this many new tokens (default 0)", rich_help_panel=_P),
+        ],
+        None,
+    ),
+    (
+        "temperature",
+        Annotated[
+            float | None,
+            typer.Option(help="Sampling temperature, > 0 (default 1.0)", rich_help_panel=_P),
+        ],
+        None,
+    ),
+    (
+        "top_p",
+        Annotated[
+            float | None,
+            typer.Option(help="Nucleus sampling, in (0, 1] (default 1.0)", rich_help_panel=_P),
+        ],
+        None,
+    ),
+    (
+        "top_k",
+        Annotated[
+            int | None,
+            typer.Option(help="Top-k sampling, 0 = off (default 0)", rich_help_panel=_P),
+        ],
+        None,
+    ),
+    (
+        "num_beams",
+        Annotated[
+            int | None,
+            typer.Option(help="Beam search width, 1..64 (default 1)", rich_help_panel=_P),
+        ],
+        None,
+    ),
+    (
+        "num_return_sequences",
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Outputs per item, 1..64 (needs sampling or beams) (default 1)",
+                rich_help_panel=_P,
+            ),
+        ],
+        None,
+    ),
+    (
+        "repetition_penalty",
+        Annotated[
+            float | None, typer.Option(help="> 0, 1.0 = off (default 1.0)", rich_help_panel=_P)
+        ],
+        None,
+    ),
+    (
+        "no_repeat_ngram_size",
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Never repeat n-grams of this size, 0 = off (default 0)", rich_help_panel=_P
+            ),
+        ],
+        None,
+    ),
     (
         "do_sample",
         Annotated[bool | None, typer.Option("--do-sample/--greedy", rich_help_panel=_P)],
