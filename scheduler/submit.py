@@ -51,6 +51,9 @@ class JobSpec:
     trust_remote_code: bool = False
     #: Items sorted together by length before being cut into tasks (bounded memory).
     planning_window: int = 8192
+    #: A window is cut into at least this many tasks (smaller than chunk_size if need
+    #: be), so a small job still spreads over every worker instead of a few big tasks.
+    min_tasks_per_window: int = 16
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,14 @@ def _deadline(spec: JobSpec) -> datetime | None:
     return spec.deadline
 
 
-def _plan(window: list[ParsedItem], chunk_size: int) -> list[list[int]]:
-    """Cut a window into tasks of similar prompt length (positions into the window)."""
-    order = sorted(range(len(window)), key=lambda i: len(window[i].prompt))
-    return [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+def _plan(window: list[ParsedItem], chunk_size: int, min_tasks: int) -> list[list[int]]:
+    """Cut a window into tasks of similar prompt length (positions into the window).
+
+    Longest prompts first: the slowest tasks start early and short ones fill the gaps at
+    the end (longest-processing-time-first), so workers finish together."""
+    size = max(1, min(chunk_size, len(window) // max(1, min_tasks)))
+    order = sorted(range(len(window)), key=lambda i: len(window[i].prompt), reverse=True)
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def submit(
@@ -179,7 +186,7 @@ def _load(
         nonlocal next_idx, n_tasks
         if not window:
             return
-        plan = _plan(window, spec.chunk_size)
+        plan = _plan(window, spec.chunk_size, spec.min_tasks_per_window)
         items = [
             jobs.NewItem(
                 line=it.line,

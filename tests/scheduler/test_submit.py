@@ -29,7 +29,13 @@ def test_length_aware_planning_keeps_every_item_once(store: Store, tmp_path: Pat
     src = write(
         tmp_path, [{"custom_id": f"c{i}", "prompt": "x" * n} for i, n in enumerate(lengths)]
     )
-    spec = JobSpec(kind="generate", model="tiny-gpt2", chunk_size=32, planning_window=256)
+    spec = JobSpec(
+        kind="generate",
+        model="tiny-gpt2",
+        chunk_size=32,
+        planning_window=256,
+        min_tasks_per_window=4,
+    )
     done = submit(store, None, src, spec)
     assert done.total_items == 1000 and done.tasks == 32  # 4 windows of <=256 → 8,8,8,8 tasks
     with store.session() as s:
@@ -105,3 +111,18 @@ def test_idempotency_key_creates_one_job(store: Store, tmp_path: Path) -> None:
     assert first.created and not again.created
     assert again.job_id == first.job_id and again.total_items == 2
     assert len(jobs.list_jobs(store)) == 1
+
+
+def test_small_jobs_are_cut_finer_and_longest_tasks_go_first(store: Store, tmp_path: Path) -> None:
+    """A 100-item job is not 2 tasks of 64 (one worker would idle): at least 16 tasks,
+    sent longest prompts first so the slow ones do not end up last."""
+    src = write(tmp_path, [{"prompt": "x" * (i % 37 + 1)} for i in range(100)])
+    done = submit(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", chunk_size=64))
+    assert done.tasks >= 16
+    with store.session() as s:
+        rows = s.execute(select(Item.task_id, Item.prompt).where(Item.job_id == done.job_id)).all()
+    longest = {}
+    for task_id, prompt in rows:
+        longest[task_id] = max(longest.get(task_id, 0), len(prompt))
+    in_send_order = [longest[t] for t in sorted(longest)]
+    assert in_send_order == sorted(in_send_order, reverse=True)
