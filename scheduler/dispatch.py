@@ -6,10 +6,13 @@ task id as the only argument. SQL records what was sent; the broker is disposabl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
+
+from kombu import pools
 
 from genqueue.broker import broker_priority, make_celery, queue_depth, redis_client
 from genqueue.protocol import TASK_NAME
@@ -42,7 +45,9 @@ class Dispatcher:
         """Send (task id, queue, priority) triples, then record them as sent."""
         sent: list[int] = []
         try:
-            with self.app.producer_or_acquire() as producer:
+            # A connection of our own (not kombu's process-wide producer pool), closed
+            # after the batch, so closing one dispatcher never breaks another.
+            with self.app.connection_for_write() as conn, conn.Producer() as producer:
                 for task_id, queue, priority in tasks:
                     self.app.send_task(
                         TASK_NAME,
@@ -83,6 +88,15 @@ class Dispatcher:
             self._redis.close()
             self._redis.connection_pool.disconnect()
             self._redis = None
+        # kombu keeps these pools process-wide, keyed by broker URL. Close them (so an
+        # embedded Redis sees its last client leave), then forget them: left in kombu's
+        # registry, a closed pool is handed to the next Celery app on the same URL in
+        # this process, whose every send then fails with "Acquire on closed pool".
+        conn = self.app.connection_for_write()
         self.app.amqp.producer_pool.force_close_all()
         self.app.pool.force_close_all()
+        for group in (pools.producers, pools.connections):
+            with contextlib.suppress(KeyError):
+                del group[conn]
+        conn.release()
         self.app.close()
