@@ -6,13 +6,10 @@ task id as the only argument. SQL records what was sent; the broker is disposabl
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
-
-from kombu import pools
 
 from genqueue.broker import broker_priority, make_celery, queue_depth, redis_client
 from genqueue.protocol import TASK_NAME
@@ -88,15 +85,6 @@ class Dispatcher:
             self._redis.close()
             self._redis.connection_pool.disconnect()
             self._redis = None
-        # kombu keeps these pools process-wide, keyed by broker URL. Close them (so an
-        # embedded Redis sees its last client leave), then forget them: left in kombu's
-        # registry, a closed pool is handed to the next Celery app on the same URL in
-        # this process, whose every send then fails with "Acquire on closed pool".
-        conn = self.app.connection_for_write()
-        self.app.amqp.producer_pool.force_close_all()
-        self.app.pool.force_close_all()
-        for group in (pools.producers, pools.connections):
-            with contextlib.suppress(KeyError):
-                del group[conn]
-        conn.release()
+        # Sends use their own connections (see send), so no process-wide kombu pool
+        # is touched here: other dispatchers on the same URL keep working.
         self.app.close()

@@ -49,16 +49,20 @@ class Reconciler:
             log.warning("the broker lost its data; rebuilding every queue from SQL")
             todo = leases.queued_tasks(self.store)
             report.rebuilt = self.dispatcher.send(self.store, todo)
+        # Recovered (re-queued or split) tasks go at once, at the top priority: their
+        # work was already under way, and at the back of a long queue a killed worker's
+        # task would wait behind the whole rest of the job.
+        again = set(recovered)
+        urgent = [
+            (t, q, 9)
+            for t, q, _ in leases.tasks_to_send(self.store, older_than=utcnow())
+            if t in again
+        ]
+        self.dispatcher.send(self.store, urgent)
         cutoff = utcnow() - timedelta(seconds=s.dispatch_grace_seconds)
         todo = leases.tasks_to_send(self.store, older_than=cutoff)
-        # Re-queued and split tasks are sent at once, without the grace period.
-        if recovered:
-            todo += [
-                t
-                for t in leases.tasks_to_send(self.store, older_than=utcnow())
-                if t[0] in set(recovered) and t not in todo
-            ]
-        report.sent = self.dispatcher.send(self.store, todo)
+        report.sent = len(urgent)
+        report.sent += self.dispatcher.send(self.store, todo)
         report.sent += self._refill_empty_queues()
         self._expire_and_finalize(report)
         return report

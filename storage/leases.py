@@ -66,7 +66,9 @@ def _missing_items(s: Session, task_id: int, job_id: str) -> list[Item]:
     return list(
         s.scalars(
             select(Item)
-            .where(Item.job_id == job_id, Item.task_id == task_id, ~has_result)
+            # task_id alone (it is unique across jobs) so the planner takes ix_items_task, not
+            # the (job_id, idx) key, which would walk every item of the job per claim.
+            .where(Item.task_id == task_id, ~has_result)
             .order_by(Item.idx)
         )
     )
@@ -168,9 +170,29 @@ def heartbeat(store: Store, claim: Claim, lease_seconds: float) -> bool:
         return bool(res.rowcount)
 
 
+def claim_current(store: Store, claim: Claim) -> bool:
+    """True while the claim still holds its task's lease and the job still wants the
+    work (not cancelled, not ended). One cheap read, for checks between micro-batches."""
+    with store.read() as s:
+        row = s.execute(
+            select(Task.lease_token, Task.state, Job.cancel_requested, Job.state)
+            .join(Job, Job.id == Task.job_id)
+            .where(Task.id == claim.task_id)
+        ).one_or_none()
+    if row is None:
+        return False
+    token, task_state, cancel_requested, job_state = row
+    return (
+        token == claim.token
+        and task_state == TaskState.RUNNING.value
+        and not cancel_requested
+        and job_state not in FINAL_JOB_STATES
+    )
+
+
 def job_stop_requested(store: Store, job_id: str) -> bool:
     """True when the job was cancelled or reached a final state (e.g. expired)."""
-    with store.session() as s:
+    with store.read() as s:
         row = s.execute(
             select(Job.cancel_requested, Job.state).where(Job.id == job_id)
         ).one_or_none()
@@ -197,8 +219,7 @@ def finish_task(
             select(func.count())
             .select_from(Item)
             .where(
-                Item.job_id == claim.job_id,
-                Item.task_id == claim.task_id,
+                Item.task_id == claim.task_id,  # alone: see _missing_items
                 ~exists().where(Result.job_id == Item.job_id, Result.idx == Item.idx),
             )
         )
@@ -338,7 +359,7 @@ def tasks_to_send(
 ) -> list[tuple[int, str, int]]:
     """Tasks that should be on the broker but were never sent (pending or re-queued with
     no send time): (task id, queue, priority)."""
-    with store.session() as s:
+    with store.read() as s:
         rows = (
             s.execute(
                 select(Task.id, Job.queue, Task.priority)
@@ -370,7 +391,7 @@ def queued_tasks(
 ) -> list[tuple[int, str, int]]:
     """Tasks believed to be on the broker (to rebuild a lost queue); with `sent_before`,
     only those sent before then."""
-    with store.session() as s:
+    with store.read() as s:
         q = (
             select(Task.id, Job.queue, Task.priority)
             .join(Job, Job.id == Task.job_id)
@@ -409,7 +430,7 @@ def mark_sent(store: Store, task_ids: list[int]) -> None:
 
 
 def task_priorities(store: Store, task_ids: list[int]) -> dict[int, int]:
-    with store.session() as s:
+    with store.read() as s:
         return dict(
             s.execute(select(Task.id, Task.priority).where(Task.id.in_(task_ids))).tuples().all()
         )

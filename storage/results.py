@@ -6,13 +6,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.leases import Claim
 from genqueue.storage.models import Attempt, Item, Job, Result, ResultStatus, Task
 from genqueue.storage.text import clean_text
+
+#: Results a job's end gives to items that never ran.
+ENDED_WITHOUT_RUNNING = (ResultStatus.CANCELLED.value, ResultStatus.EXPIRED.value)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,23 @@ def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> t
         ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
         bad = len(inserted) - ok
         dups = len(rows) - len(inserted)
+        if dups:
+            # A conflict with a `cancelled`/`expired` row is not a second execution:
+            # the job ended (a deadline) while this micro-batch ran, and its result is
+            # dropped. Only conflicts with a real result count as duplicates.
+            done = {row.idx for row in inserted}
+            dups -= (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Result)
+                    .where(
+                        Result.job_id == claim.job_id,
+                        Result.idx.in_([r.idx for r in results if r.idx not in done]),
+                        Result.status.in_(ENDED_WITHOUT_RUNNING),
+                    )
+                )
+                or 0
+            )
         s.execute(
             update(Task)
             .where(Task.id == claim.task_id)
@@ -143,7 +163,7 @@ def iter_results(
     a 10M-item job never sits in one cursor or in memory)."""
     last = -1
     while True:
-        with store.session() as s:
+        with store.read() as s:
             q = (
                 select(
                     Item.idx,

@@ -14,11 +14,14 @@ import logging
 import os
 import socket
 import sys
+import threading
 import warnings
 from typing import Any
 
 from celery import signals
 from celery.exceptions import Reject, SecurityWarning
+from celery.worker.request import Request
+from kombu.exceptions import MessageStateError
 
 from genqueue.broker import make_celery
 from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = WorkerContext(store=store, engine=engine, settings=settings, worker_id=name)
     ctx.send_tasks = _sender(app, store, queue)
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True)
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, Request=settling_request(ctx.stop))
     def genqueue_run_task(self: Any, task_id: int) -> str:
         try:
             return run_task(ctx, int(task_id))
@@ -119,6 +122,54 @@ def main(argv: list[str] | None = None) -> None:
     worker.start()
     engine.close()
     store.dispose()
+
+
+def settling_request(stop: threading.Event) -> type[Request]:
+    """Celery's task request, with an ack (or reject) that is retried until the broker
+    answers.
+
+    Celery logs a failed ack ("Couldn't ack", e.g. Redis restarted while the task ran)
+    and moves on, but kombu still counts the message as unacknowledged: with a prefetch
+    of 1 the worker then never fetches another message, and sits idle forever while
+    its queue fills up. Retrying the ack once the broker is back settles the message
+    (a no-op when Redis lost it) and frees the prefetch slot. A worker told to stop
+    gives up instead; SQL already holds the task's outcome."""
+
+    def settle(action: Any, what: str, errors: tuple[type[BaseException], ...]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                action()
+                return
+            except MessageStateError:
+                return  # already settled
+            except errors as exc:
+                if stop.is_set():
+                    log.error("%s failed (%s); stopping anyway", what, exc)
+                    return
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                stop.wait(delay)
+                delay = min(2.0, delay * 2)
+
+    class SettlingRequest(Request):
+        acknowledged: bool
+
+        def acknowledge(self) -> None:
+            if not self.acknowledged:
+                settle(self.message.ack, f"acking {self.id}", self._connection_errors)
+                self.acknowledged = True
+
+        def reject(self, requeue: bool = False) -> None:
+            if not self.acknowledged:
+                settle(
+                    lambda: self.message.reject(requeue=requeue),
+                    f"rejecting {self.id}",
+                    self._connection_errors,
+                )
+                self.acknowledged = True
+                self.send_event("task-rejected", requeue=requeue)
+
+    return SettlingRequest
 
 
 def _sender(app: Any, store: Any, queue: str) -> Any:

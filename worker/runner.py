@@ -29,6 +29,10 @@ from genqueue.worker.retry import retry_transient
 
 log = logging.getLogger(__name__)
 
+#: Between micro-batches, a running task asks SQL whether it should stop (cancelled,
+#: expired, lease lost) at most this often.
+STOP_CHECK_SECONDS = 0.1
+
 
 @dataclass
 class WorkerContext:
@@ -192,8 +196,27 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
             truncate=bool(claim.job_options.get("truncate")),
         )
 
+        # The heartbeat notices a cancel, a deadline or a lost lease only every
+        # lease/3 seconds; asking SQL before each micro-batch (at most every
+        # STOP_CHECK_SECONDS) keeps the promise that a task stops after the
+        # micro-batch in flight, instead of generating results nobody will keep.
+        last_check = time.monotonic()
+        unwanted = False
+
         def should_stop() -> bool:
-            return ctx.stop.is_set() or hb.lost or hb.job_stopped or writer.error is not None
+            nonlocal last_check, unwanted
+            if unwanted or ctx.stop.is_set() or hb.lost or hb.job_stopped:
+                return True
+            if writer.error is not None:
+                return True
+            if time.monotonic() - last_check < STOP_CHECK_SECONDS:
+                return False
+            last_check = time.monotonic()
+            try:
+                unwanted = not leases.claim_current(ctx.store, claim)
+            except Exception as exc:  # a DB hiccup: the heartbeat keeps watching
+                log.warning("task %s: stop check failed: %s", claim.task_id, exc)
+            return unwanted
 
         started = time.perf_counter()
         hb.batch_started = time.monotonic()

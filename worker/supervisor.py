@@ -22,6 +22,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: A process that ran this long before it exited is not crash-looping: its restart
+#: backoff starts over.
+STABLE_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -74,6 +78,8 @@ class Supervisor:
         self.spec = spec
         self.children: list[subprocess.Popen[bytes] | None] = [None] * spec.processes
         self.restarts = [0] * spec.processes
+        self.spawned = [0] * spec.processes
+        self.started = [0.0] * spec.processes
         self.next_start = [0.0] * spec.processes
         self.stopping = False
         cores = os.cpu_count() or 1
@@ -94,6 +100,8 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         s = self.spec
+        self.spawned[slot] += 1
+        self.started[slot] = time.monotonic()
         cmd = [
             sys.executable,
             "-m",
@@ -113,7 +121,9 @@ class Supervisor:
             "--loglevel",
             s.loglevel,
             "--name",
-            f"gq-{os.getpid()}-{slot}@{os.uname()[1]}",
+            # Unique per process, restarts included: leases and attempts record this
+            # name, and a restarted process must not pass for the one that died.
+            f"gq-{os.getpid()}-{slot}.{self.spawned[slot]}@{os.uname()[1]}",
         ]
         if s.revision:
             cmd += ["--revision", s.revision]
@@ -162,6 +172,11 @@ class Supervisor:
             if child is None or child.poll() is None:
                 continue
             if self.next_start[slot] == 0.0:
+                # The backoff is for crash loops. A process that lived a while before it
+                # died (a poison item, the OOM killer, a kill) starts over from the
+                # shortest delay, else a week of rare crashes ends in 30 s restarts.
+                if now - self.started[slot] >= STABLE_SECONDS:
+                    self.restarts[slot] = 0
                 self.restarts[slot] += 1
                 delay = min(30.0, 0.5 * 2 ** min(self.restarts[slot], 6))
                 log.warning(

@@ -7,6 +7,7 @@ Every wait is bounded and every process a test starts is stopped in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,12 +27,14 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
+from genqueue.broker import queue_depth, redis_client
 from genqueue.client import Client
+from genqueue.protocol import queue_for
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.scheduler.reconciler import Reconciler
 from genqueue.settings import Settings
 from genqueue.storage.db import as_utc
-from genqueue.storage.models import FINAL_JOB_STATES, Attempt, Item, Result
+from genqueue.storage.models import Attempt, Item, Result, Task, TaskState
 from genqueue.worker.supervisor import Supervisor, WorkerSpec
 from tests.schemas import validate_line
 
@@ -129,13 +132,13 @@ class RedisServer:
 
     def shutdown_nosave(self) -> None:
         """`SHUTDOWN NOSAVE`: the server exits and every message is gone."""
-        import redis
-
         assert self.proc is not None
-        try:
-            self.client().shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it exits
+        # A raw socket: redis-py would retry the command (with backoff) when the
+        # server hangs up, which is exactly what SHUTDOWN does.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(b"SHUTDOWN NOSAVE\r\n")
+            with contextlib.suppress(OSError):
+                conn.recv(64)
         self.proc.wait(timeout=10)
 
     def kill(self) -> None:
@@ -160,6 +163,8 @@ class Cluster:
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     _polling: threading.Event = field(default_factory=threading.Event)
+    #: The cluster's own Redis, when it has one (see `make_cluster`).
+    redis: RedisServer | None = None
 
     @property
     def store(self) -> Any:
@@ -281,8 +286,6 @@ class Cluster:
         )
 
     def _consumers(self) -> int:
-        from genqueue.broker import redis_client
-
         client = redis_client(self.settings.broker_url or "")
         try:
             clients = client.client_list()
@@ -309,11 +312,34 @@ class Cluster:
         opts.update(kw)
         return self.client.submit(records, **opts)
 
+    def submit_one_task(self, records: list[dict[str, Any]]) -> str:
+        """A job that is a single task (the planner would otherwise spread a small job
+        over several), through the scheduler's own submit; for tests that need one
+        long task in flight."""
+        from genqueue.params import GenerationParams
+        from genqueue.scheduler.submit import JobSpec, submit
+
+        path = self.tmp / f"one-task-{len(records)}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        spec = JobSpec(
+            kind="generate",
+            model=MODEL,
+            params=GenerationParams(max_new_tokens=8),
+            chunk_size=len(records),
+            min_tasks_per_window=1,
+        )
+        done = submit(self.store, self.client.dispatcher, path, spec)
+        assert done.tasks == 1
+        return done.job_id
+
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         try:
             return self.client.wait(job_id, timeout=timeout, poll=0.2)
         except TimeoutError as exc:
             raise AssertionError(f"{exc}; logs:\n{self.log_tails()}") from None
+
+    def status_counts(self, job_id: str) -> dict[str, int]:
+        return dict(self.client.status(job_id)["counts"])
 
     def exported(self, job_id: str) -> list[dict[str, Any]]:
         """The job's results as `genqueue results` exports them, each line validated."""
@@ -344,6 +370,56 @@ class Cluster:
                 s.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id))
             )
 
+    def pause(self, pid: int, *, mid_batch: bool = True, tries: int = 100) -> None:
+        """SIGSTOP a worker process (a long GC pause, a frozen VM) at a moment when it
+        holds no database lock, so only its lease, not the whole database, stalls; with
+        `mid_batch`, while its engine is generating (needs `GQ_FAULT_LOG`)."""
+        for _ in range(tries):
+            os.kill(pid, signal.SIGSTOP)
+            if not self._holds_db_lock(pid) and (not mid_batch or self.generating(pid)):
+                return
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.03)
+        raise AssertionError(f"process {pid} always held a database lock")
+
+    def generating(self, pid: int) -> bool:
+        """Whether the process's engine is inside `generate` (from the fault log)."""
+        path = self.fault_env.get("GQ_FAULT_LOG")
+        assert path, "start the cluster with GQ_FAULT_LOG in fault_env"
+        mine = [
+            ln.split() for ln in Path(path).read_text().splitlines() if ln.split()[0] == str(pid)
+        ]
+        return bool(mine) and mine[-1][1] == "start"
+
+    def _holds_db_lock(self, pid: int) -> bool:
+        if self.store.dialect == "sqlite":
+            import sqlite3
+
+            path = self.store.engine.url.database
+            conn = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError:
+                return True
+            finally:
+                conn.close()
+        ports = [
+            conn.laddr.port
+            for conn in psutil.Process(pid).net_connections(kind="tcp")
+            if conn.raddr and conn.raddr.port == 5432
+        ]
+        if not ports:
+            return False
+        with self.store.engine.connect() as conn:
+            busy = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%(ports)s) "
+                "AND state <> 'idle'",
+                {"ports": ports},
+            ).scalar()
+        return bool(busy)
+
     def log_tails(self) -> str:
         parts = []
         for path in sorted(self.tmp.rglob("*.log")):
@@ -352,34 +428,58 @@ class Cluster:
         return "\n".join(parts)
 
     def close(self) -> None:
+        """Kill everything the test started (graceful stops are tested, not needed here)."""
         self.stop.set()
         for t in self.threads:
             t.join(timeout=10)
+        doomed: list[psutil.Process] = []
         for sup in self.supervisors:
-            sup.stop(grace=10)
+            sup.stopping = True
+            doomed += [psutil.Process(c.pid) for c in sup.children if c and c.poll() is None]
         for proc in self.procs:
-            terminate(proc)
+            if proc.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    doomed += psutil.Process(proc.pid).children(recursive=True)
+                proc.kill()
+                proc.wait(timeout=10)
+        for p in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(doomed, timeout=10)
+        for sup in self.supervisors:
+            for child in sup.children:
+                if child is not None:
+                    child.poll()  # reap
         self.client.close()
 
 
-def terminate(proc: subprocess.Popen[bytes] | psutil.Process, grace: float = 10) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds."""
+def records(n: int) -> list[dict[str, str]]:
+    """n small records; prompts of 2 to 14 words ("item 7 word word ...")."""
+    return [
+        {"custom_id": f"c{i}", "prompt": " ".join([f"item {i}"] + ["word"] * (i % 13))}
+        for i in range(n)
+    ]
+
+
+def running_tasks(c: Cluster, job_id: str) -> list[tuple[int, str, int]]:
+    """(task id, lease owner, pid) of tasks being worked on by a live worker process."""
+    pids = c.worker_pids()
+    with c.store.session() as s:
+        rows = s.execute(
+            select(Task.id, Task.lease_owner).where(
+                Task.job_id == job_id, Task.state == TaskState.RUNNING.value
+            )
+        ).all()
+    return [(tid, owner, pids[owner]) for tid, owner in rows if owner in pids]
+
+
+def depth(url: str) -> int:
+    """Messages waiting on the test model's queue."""
+    client = redis_client(url)
     try:
-        if isinstance(proc, subprocess.Popen):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-        else:
-            proc.terminate()
-            proc.wait(timeout=grace)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        proc.kill()
+        return queue_depth(client, queue_for(MODEL))
+    finally:
+        client.close()
 
 
 def at(dt: datetime | None) -> datetime:
@@ -393,15 +493,18 @@ ClusterFactory = Callable[..., Cluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """Build a `Cluster` on a database and broker URL, with settings overrides; it is
-    torn down (workers, reconciler, helper processes) after the test."""
+    """Build a `Cluster` on a database URL (and a broker URL, else a Redis server of its
+    own), with settings overrides; it is torn down (workers, reconciler, helper
+    processes, its Redis) after the test."""
     made: list[Cluster] = []
+    servers: list[RedisServer] = []
 
     def make(
         database_url: str,
-        broker_url: str,
+        broker_url: str | None = None,
         *,
         reconciler: bool = True,
+        persistent_broker: bool = False,
         fault_env: dict[str, str] | None = None,
         **overrides: Any,
     ) -> Cluster:
@@ -414,15 +517,24 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
             "max_batch_size": 8,
         }
         values.update(overrides)
-        settings = Settings(database_url=database_url, broker_url=broker_url, **values)
         sub = tmp_path / f"cluster-{len(made)}"
         sub.mkdir()
+        server = None
+        if broker_url is None:
+            # A Redis of the cluster's own: other test runs on this machine flush the
+            # shared test database, which would look like a broker losing its data.
+            server = RedisServer(sub / "redis", persistent=persistent_broker)
+            servers.append(server)
+            server.start()
+            broker_url = server.url
+        settings = Settings(database_url=database_url, broker_url=broker_url, **values)
         cluster = Cluster(
             settings=settings,
             client=Client(settings=settings),
             tmp=sub,
             fault_env={"GQ_FAULT_DELAY": "0.005", **(fault_env or {})},
         )
+        cluster.redis = server
         made.append(cluster)
         if reconciler:
             cluster.start_reconciler()
@@ -431,16 +543,5 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     yield make
     for cluster in made:
         cluster.close()
-
-
-@pytest.fixture
-def dedicated_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis server of this test's own (no persistence), started."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.close()
-
-
-def final(state: str) -> bool:
-    return state in FINAL_JOB_STATES
+    for server in servers:
+        server.close()

@@ -12,8 +12,9 @@ prompt text, so a test decides which item misbehaves and how:
 - `GQ_FAULT_MAX_CONTEXT` gives the model a context of that many words, so over-long
   prompts are rejected (`prompt_too_long`) or truncated, as with a real model.
 
-Each process appends one line per micro-batch to `GQ_FAULT_LOG` when that is set:
-`pid start_time end_time n_items`, for tests that want to know when work happened.
+When `GQ_FAULT_LOG` is set, each process appends `<pid> start <n> <unix time>` to it as
+a micro-batch of n items starts and `<pid> end <n> <unix time>` as it ends, so a test can
+tell whether a process is generating, and when micro-batches ran.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from genqueue.worker.engines.base import GenRequest, GenResult
+from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo
 from genqueue.worker.engines.dryrun import DryRunEngine
 
 
 class FaultyEngine(DryRunEngine):
+    info: ModelInfo
+
     def __init__(
         self,
         model_ref: str,
@@ -45,8 +48,13 @@ class FaultyEngine(DryRunEngine):
         )
         self.log_path = os.environ.get("GQ_FAULT_LOG")
 
+    def _log(self, event: str, n: int) -> None:
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(f"{os.getpid()} {event} {n} {time.time():.6f}\n")
+
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        started = time.time()
+        self._log("start", len(requests))
         for req in requests:
             if "CRASH" in req.prompt:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -57,7 +65,5 @@ class FaultyEngine(DryRunEngine):
                 raise RuntimeError("injected model failure")
         time.sleep(self.delay * len(requests))
         out = super().generate(requests)
-        if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(f"{os.getpid()} {started:.3f} {time.time():.3f} {len(requests)}\n")
+        self._log("end", len(requests))
         return out
