@@ -15,7 +15,7 @@ install: $(STAMP)
 ## Quick start: a real job end to end on the embedded defaults (no servers to start).
 run: install
 	genqueue run examples/reviews.jsonl --kind generate \
-	  --template "Review: {review}\nSentiment:" --model tiny-gpt2 --max-new-tokens 16 \
+	  --template "Review: {review} Sentiment:" --model tiny-gpt2 --max-new-tokens 16 \
 	  -o examples/reviews.results.jsonl
 
 lint: install
