@@ -59,6 +59,7 @@ class ClaimRefused:
 
     reason: str  # "not_found" | "done" | "leased" | "job_final" | "cancelled" | "split" | "failed"
     new_tasks: tuple[int, ...] = ()
+    job_id: str | None = None  # the task's job (to finalise it), when the task exists
 
 
 def _missing_items(s: Session, task_id: int, job_id: str) -> list[Item]:
@@ -87,24 +88,24 @@ def claim_task(
         if task is None:
             return ClaimRefused("not_found")
         if task.state in (TaskState.DONE.value, TaskState.SPLIT.value, TaskState.CANCELLED.value):
-            return ClaimRefused("done")
+            return ClaimRefused("done", job_id=task.job_id)
         if (
             task.state == TaskState.RUNNING.value
             and task.lease_expires_at is not None
             and (_aware(task.lease_expires_at) > now)
         ):
-            return ClaimRefused("leased")
+            return ClaimRefused("leased", job_id=task.job_id)
         job = s.get(Job, task.job_id)
         if job is None or job.state in FINAL_JOB_STATES:
             task.state = TaskState.CANCELLED.value
-            return ClaimRefused("job_final")
+            return ClaimRefused("job_final", job_id=task.job_id)
         if job.cancel_requested:
             task.state = TaskState.CANCELLED.value
             task.finished_at = now
-            return ClaimRefused("cancelled")
+            return ClaimRefused("cancelled", job_id=task.job_id)
         if task.attempts >= max_attempts:
             new = isolate_poison(s, task, "the task reached its attempt limit")
-            return ClaimRefused("split" if new else "failed", tuple(new))
+            return ClaimRefused("split" if new else "failed", tuple(new), task.job_id)
         items = _missing_items(s, task.id, task.job_id)
         token = uuid.uuid4().hex
         task.attempts += 1

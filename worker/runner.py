@@ -180,7 +180,7 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
     if isinstance(got, ClaimRefused):
         if got.new_tasks and ctx.send_tasks:
             ctx.send_tasks(list(got.new_tasks))
-        _finalize(ctx, task_id_job(ctx, task_id))
+        _finalize(ctx, got.job_id)
         return got.reason
     claim = got
     hb = _Heartbeat(ctx, claim)
@@ -257,14 +257,6 @@ def run_task(ctx: WorkerContext, task_id: int) -> str:
             ctx.send_tasks([task_id])  # released early: let another worker continue it
         _finalize(ctx, claim.job_id)
     return outcome
-
-
-def task_id_job(ctx: WorkerContext, task_id: int) -> str | None:
-    from genqueue.storage.models import Task
-
-    with ctx.store.session() as sess:
-        task = sess.get(Task, task_id)
-        return task.job_id if task else None
 
 
 def _finalize(ctx: WorkerContext, job_id: str | None) -> None:
