@@ -44,3 +44,23 @@ def queue_for(model_ref: str, revision: str | None = None) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model_ref).name or model_ref)[:48].strip("-")
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return f"genqueue.{slug}.{digest}"
+
+
+def local_model_problem(path: Path) -> str | None:
+    """Why `path` cannot load as a local model, or None. genqueue loads safetensors only
+    (pickled weights can run code); checked at submission and again by the worker."""
+    if not path.exists():
+        return f"model directory {path} does not exist"
+    if not path.is_dir():
+        return f"{path} is a file; pass the directory save_pretrained wrote"
+    if not any(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.glob("*.bin")) + sorted(
+            p.name for p in path.glob("*.pt")
+        )
+        hint = f" (found {', '.join(found[:3])})" if found else ""
+        return (
+            f"no safetensors weights in {path}{hint}; genqueue loads safetensors only "
+            "(convert with `AutoModel.from_pretrained(dir).save_pretrained(dir, "
+            "safe_serialization=True)` in a trusted environment)"
+        )
+    return None

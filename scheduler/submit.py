@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from genqueue.params import GenerationParams
-from genqueue.protocol import TINY_MODELS, queue_for, resolve_model_ref
+from genqueue.protocol import TINY_MODELS, local_model_problem, queue_for, resolve_model_ref
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.scheduler.errors import InputError, LineProblem, SpecError
 from genqueue.scheduler.inputs import ParsedItem, detect_format, read_items
@@ -74,18 +74,14 @@ def check_model(model: str, params: GenerationParams) -> str:
     path = Path(ref)
     if not path.is_absolute():
         return ref  # a hub id: checked by the worker that downloads it
-    if not path.exists():
-        raise SpecError(
-            f"model: {model!r} does not exist (a local model directory or a hub id "
-            "like google/flan-t5-small is expected)"
+    problem = local_model_problem(path)
+    if problem:
+        hub = (
+            ""
+            if path.exists()
+            else " (a local model directory, or a hub id like google/flan-t5-small)"
         )
-    if not path.is_dir():
-        raise SpecError(f"model: {model!r} is a file; pass the directory save_pretrained wrote")
-    if not any(path.glob("*.safetensors")):
-        raise SpecError(
-            f"model: no *.safetensors weights in {path}; genqueue loads safetensors only "
-            "(re-save the model with save_pretrained(..., safe_serialization=True))"
-        )
+        raise SpecError(f"model: {problem}{hub}")
     cfg_path = path / "config.json"
     if cfg_path.exists():
         cfg = json.loads(cfg_path.read_text())

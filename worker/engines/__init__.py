@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from genqueue.protocol import resolve_model_ref
+from genqueue.protocol import local_model_problem, resolve_model_ref
 from genqueue.worker.engines.base import (
     Engine,
     GenRequest,
@@ -134,18 +134,9 @@ def check_model_ref(model_ref: str) -> str:
     looks_local = model_ref.startswith((".", "/", "~")) or path.exists()
     if not looks_local:
         return model_ref
-    if not path.is_dir():
-        raise EngineError(f"model directory {path} does not exist")
-    if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin")) + sorted(
-            p.name for p in path.glob("*.pt")
-        )
-        hint = f" (found {', '.join(found[:3])})" if found else ""
-        raise EngineError(
-            f"no safetensors weights in {path}{hint}; genqueue loads safetensors only "
-            "(convert with `AutoModel.from_pretrained(dir).save_pretrained(dir, "
-            "safe_serialization=True)` in a trusted environment)"
-        )
+    problem = local_model_problem(path)
+    if problem:
+        raise EngineError(problem)
     return str(path.resolve())
 
 
