@@ -170,15 +170,13 @@ def analyse(store: Any, job_id: str, kills: list[Kill]) -> dict[str, Any]:
             and a.outcome == "lease_expired"
             and as_utc(a.started_at) <= k.at
         ]
+        # The task it was generating (a prefetched one it only held may be lost too).
+        hit.sort(key=lambda a: a.began_at is None)
         if not hit:
             per_kill.append({"worker": k.worker, "mid_task": False})
             continue
         lost_attempt = hit[0]
-        nxt = [
-            a
-            for a in attempts
-            if a.task_id == lost_attempt.task_id and a.number == lost_attempt.number + 1
-        ]
+        nxt = [a for a in attempts if a.task_id == lost_attempt.task_id and a.id > lost_attempt.id]
         per_kill.append(
             {
                 "worker": k.worker,

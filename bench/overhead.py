@@ -5,7 +5,9 @@ Redis + PostgreSQL, 2 worker processes, for several chunk sizes; time split into
 (validate + store + dispatch), processing (first claim -> final state) and export. The
 baseline is a trivial Celery task on the same Redis and config (solo worker processes).
 
-    python bench/overhead.py --items 100000 --chunk-sizes 64 512 --celery-messages 5000
+    python bench/overhead.py --items 100000 --chunk-sizes auto 64 512 --celery-messages 5000
+
+"auto" is genqueue's default planning (tasks sized by work); the targets apply to it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def dry_run(
     backend: str,
     src: Path,
     n: int,
-    chunk: int,
+    chunk: int | None,
     workers: int,
     profile: Path | None = None,
     analyze: bool = False,
@@ -150,7 +152,7 @@ def job_figures(
 
 def run(
     items: int = 100_000,
-    chunk_sizes: tuple[int, ...] = (64, 512),
+    chunk_sizes: tuple[int | None, ...] = (None, 64, 512),
     workers: int = 2,
     celery_messages: int = 5000,
     backends: tuple[str, ...] = ("embedded", "services"),
@@ -166,13 +168,15 @@ def run(
         runs = [(b, c, False) for b in backends for c in chunk_sizes]
         runs += [(b, chunk_sizes[0], True) for b in backends] if analyze else []
         for backend, chunk, fix in runs:
-            tag = f"{backend}-{chunk}" + ("-analyze" if fix else "")
+            size = "auto" if chunk is None else str(chunk)
+            tag = f"{backend}-{size}" + ("-analyze" if fix else "")
             print(f"[overhead] dry-run {tag}", flush=True)
             where = common.BENCH_DIR / "out" / f"profile-{tag}" if profile else None
             r = dry_run(backend, src, items, chunk, workers, where, fix)
             if where is not None:
                 print_profile(where)
-            label = f"dry-run {names[backend]}, {workers} workers, chunk {chunk}"
+            planned = "default tasks (sized by work)" if chunk is None else f"chunk {chunk}"
+            label = f"dry-run {names[backend]}, {workers} workers, {planned}"
             label += " + ANALYZE after submit" if fix else ""
             target = targets[backend] if chunk == chunk_sizes[0] and not fix else None
             figs += job_figures(label, items, r, target)
@@ -192,7 +196,8 @@ def run(
     notes = [
         f"{items:,} items of 5-40 words, max_new_tokens 16, dry-run engine (echo), "
         f"{workers} worker processes started and warmed before the timed job. The target "
-        f"applies to the default chunk size ({chunk_sizes[0]}).",
+        "applies to the first configuration listed (genqueue's default planning when it is "
+        "'default tasks').",
         f"Raw Celery: {celery_messages:,} messages of a task that INCRs a Redis counter, "
         "genqueue's Celery config (late ack, prefetch 1), Redis db 11.",
     ]
@@ -209,7 +214,12 @@ def print_profile(where: Path) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[64, 512])
+    p.add_argument(
+        "--chunk-sizes",
+        nargs="+",
+        default=["auto", "64", "512"],
+        help="items per task; auto = the default planning (tasks sized by work)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--celery-messages", type=int, default=5000)
     p.add_argument("--backends", nargs="+", default=["embedded", "services"])
@@ -224,7 +234,7 @@ def main(argv: list[str] | None = None) -> common.Report:
     a = parse(argv)
     report = run(
         a.items,
-        tuple(a.chunk_sizes),
+        tuple(None if c == "auto" else int(c) for c in a.chunk_sizes),
         a.workers,
         a.celery_messages,
         tuple(a.backends),

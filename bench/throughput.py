@@ -112,7 +112,7 @@ def genqueue_e2e(
     workers: int,
     threads: int = 0,
     repeats: int = REPEATS,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> dict[str, float | None]:
     """Start workers, warm them, then time a job (submit -> final state) `repeats` times
     on the same warm workers and keep the fastest. backend is "embedded" (the `genqueue
@@ -169,14 +169,15 @@ def model_figures(
     add(f"naive loop ({naive_n} prompts)", naive(model, work[:naive_n], max_new, threads), "naive")
     print(f"[throughput] {model}: direct batched", flush=True)
     add("direct batched", direct_batched(model, work, max_new, threads), "direct")
-    runs = [("embedded", w, 64) for w in (1, 2)] + [("embedded", 2, 16)]
-    runs += [("services", w, 64) for w in (1, 2)] if services else []
-    for backend, w, chunk in runs:
-        print(f"[throughput] {model}: genqueue {backend}, {w} worker(s), chunk {chunk}", flush=True)
-        r = genqueue_e2e(backend, model, work, max_new, w, chunk_size=chunk)
+    # genqueue's default planning (tasks sized by work: 16 tasks of 16 for 256 prompts).
+    runs = [("embedded", w) for w in (1, 2)]
+    runs += [("services", w) for w in (1, 2)] if services else []
+    for backend, w in runs:
+        print(f"[throughput] {model}: genqueue {backend}, {w} worker(s)", flush=True)
+        r = genqueue_e2e(backend, model, work, max_new, w)
         where = "SQLite embedded" if backend == "embedded" else "Redis+PostgreSQL"
-        key = f"{backend}{w}" + ("" if chunk == 64 else f"-chunk{chunk}")
-        label = f"genqueue {where}, {w} worker(s)" + ("" if chunk == 64 else f", chunk {chunk}")
+        key = f"{backend}{w}"
+        label = f"genqueue {where}, {w} worker(s)"
         add(f"{label}, e2e", (r["e2e"] or 0) / len(work), key)
         figs.append(figure(f"{model}: ... of which submit", r["submit"], "s"))
         processing = len(work) / r["processing"] if r["processing"] else None

@@ -89,6 +89,7 @@ class Client:
             defaults=defaults or {},
             revision=revision,
             chunk_size=chunk_size or self.settings.chunk_size,
+            task_tokens=self.settings.task_tokens,
             priority=priority,
             metadata=metadata or {},
             deadline=deadline,

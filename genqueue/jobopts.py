@@ -94,7 +94,14 @@ OPTIONS: list[tuple[str, Any, Any]] = [
     ),
     (
         "chunk_size",
-        Annotated[int | None, typer.Option(help="Items per task (default 64)", rich_help_panel=_J)],
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Items per task (default: sized by work, about 32k tokens of prompt + "
+                "new tokens each, at most 1024 items)",
+                rich_help_panel=_J,
+            ),
+        ],
         None,
     ),
     ("priority", Annotated[int, typer.Option(help="0..9, 9 most urgent", rich_help_panel=_J)], 5),

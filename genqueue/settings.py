@@ -25,14 +25,21 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(2.0, gt=0)
     #: A task not on the broker this long after its job was created is (re)sent.
     dispatch_grace_seconds: float = Field(10.0, ge=0)
-    #: Default items per task.
-    chunk_size: int = Field(64, ge=1, le=100_000)
+    #: Items per task, for every job that does not set its own. Unset (the default):
+    #: tasks are sized by work, about `task_tokens` estimated tokens each.
+    chunk_size: int | None = Field(None, ge=1, le=100_000)
+    #: Estimated tokens (prompt + new tokens) per task when tasks are sized by work.
+    task_tokens: int = Field(32768, ge=64)
     #: A micro-batch running longer than this means an item hangs the model: the worker
     #: process exits so the item is retried and, past max_attempts, isolated and failed.
     batch_timeout_seconds: float = Field(600.0, gt=0)
     #: Worker micro-batch limits.
     token_budget: int = Field(16384, ge=16)
     max_batch_size: int = Field(64, ge=1)
+    #: A worker process claims and prepares its next task while the model generates the
+    #: current one, and commits the previous one's last results meanwhile. Off: one task
+    #: at a time (a queued task never waits behind a busy worker's current task).
+    prefetch: bool = True
 
     @property
     def heartbeat_seconds(self) -> float:

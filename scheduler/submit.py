@@ -42,7 +42,12 @@ class JobSpec:
     template: str | None = None
     defaults: dict[str, str] = field(default_factory=dict)
     revision: str | None = None
-    chunk_size: int = 64
+    #: Items per task, exactly. None (the default) sizes tasks by work instead: about
+    #: `task_tokens` estimated tokens (prompt + new tokens) each, at most MAX_AUTO_CHUNK
+    #: items, so a task of short prompts is not dominated by its fixed cost and a task of
+    #: long ones does not run for minutes.
+    chunk_size: int | None = None
+    task_tokens: int = 32768
     priority: int = 5
     metadata: dict[str, Any] = field(default_factory=dict)
     deadline: datetime | timedelta | None = None
@@ -54,6 +59,13 @@ class JobSpec:
     #: A window is cut into at least this many tasks (smaller than chunk_size if need
     #: be), so a small job still spreads over every worker instead of a few big tasks.
     min_tasks_per_window: int = 16
+
+
+#: Items per task at most when tasks are sized by work.
+MAX_AUTO_CHUNK = 1024
+#: Characters per token, for estimating a prompt's length without its tokenizer (the
+#: scheduler never loads one); English BPE vocabularies average about four.
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -102,14 +114,39 @@ def _deadline(spec: JobSpec) -> datetime | None:
     return spec.deadline
 
 
-def _plan(window: list[ParsedItem], chunk_size: int, min_tasks: int) -> list[list[int]]:
+def _plan(
+    window: list[ParsedItem], spec: JobSpec, new_tokens: int, replies: int
+) -> list[list[int]]:
     """Cut a window into tasks of similar prompt length (positions into the window).
 
     Longest prompts first: the slowest tasks start early and short ones fill the gaps at
-    the end (longest-processing-time-first), so workers finish together."""
-    size = max(1, min(chunk_size, len(window) // max(1, min_tasks)))
+    the end (longest-processing-time-first), so workers finish together. With a fixed
+    chunk_size every task has that many items; otherwise each holds about
+    `spec.task_tokens` of estimated work (fewer long prompts, more short ones)."""
+    cap = max(1, len(window) // max(1, spec.min_tasks_per_window))
     order = sorted(range(len(window)), key=lambda i: len(window[i].prompt), reverse=True)
-    return [order[i : i + size] for i in range(0, len(order), size)]
+    if spec.chunk_size is not None:
+        size = min(spec.chunk_size, cap)
+        return [order[i : i + size] for i in range(0, len(order), size)]
+    cap = min(cap, MAX_AUTO_CHUNK)
+    tasks: list[list[int]] = []
+    current: list[int] = []
+    budget = 0
+    for i in order:
+        item = window[i]
+        new, n = new_tokens, replies
+        if item.params:
+            new = int(item.params.get("max_new_tokens", new))
+            n = int(item.params.get("num_return_sequences", n))
+        cost = len(item.prompt) // CHARS_PER_TOKEN + 1 + new * n
+        if current and (budget + cost > spec.task_tokens or len(current) >= cap):
+            tasks.append(current)
+            current, budget = [], 0
+        current.append(i)
+        budget += cost
+    if current:
+        tasks.append(current)
+    return tasks
 
 
 def submit(
@@ -123,8 +160,10 @@ def submit(
 ) -> Submitted:
     """Validate and store a job, then send its tasks (when a dispatcher is given; else
     the reconciler sends them). Raises InputError/SpecError with every problem found."""
-    if not 1 <= spec.chunk_size <= 100_000:
+    if spec.chunk_size is not None and not 1 <= spec.chunk_size <= 100_000:
         raise SpecError(f"chunk_size: {spec.chunk_size} is out of range (1..100000)")
+    if spec.task_tokens < 1:
+        raise SpecError(f"task_tokens: {spec.task_tokens} must be at least 1")
     if not 0 <= spec.priority <= 9:
         raise SpecError(f"priority: {spec.priority} is out of range (0..9, 9 most urgent)")
     input_spec = JobInputSpec(
@@ -142,7 +181,7 @@ def submit(
         queue=queue_for(model_ref, spec.revision),
         template=spec.template,
         params=spec.params.model_dump(mode="json"),
-        chunk_size=spec.chunk_size,
+        chunk_size=spec.chunk_size or 0,  # 0 until planned (see open_job)
         priority=spec.priority,
         meta=spec.metadata,
         input_name=name,
@@ -163,7 +202,8 @@ def submit(
     except BaseException:
         jobs.delete_job(store, job.id)
         raise
-    jobs.open_job(store, job.id, total)
+    # A work-sized job records its mean task size: what `retry` cuts new tasks by.
+    jobs.open_job(store, job.id, total, chunk_size=spec.chunk_size or -(-total // n_tasks))
     if dispatcher is not None:
         dispatcher.send(store, leases.queued_tasks(store, job_id=job.id))
     return Submitted(job.id, total, n_tasks, created=True)
@@ -182,7 +222,7 @@ def _load(
         nonlocal next_idx, n_tasks
         if not window:
             return
-        plan = _plan(window, spec.chunk_size, spec.min_tasks_per_window)
+        plan = _plan(window, spec, spec.params.max_new_tokens, spec.params.num_return_sequences)
         items = [
             jobs.NewItem(
                 line=it.line,

@@ -74,6 +74,11 @@ class Store:
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         elif self.dialect == "postgresql":
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+            # psycopg prepares a statement after a few runs, and PostgreSQL may then
+            # settle on one generic plan chosen while the tables were small (a fresh
+            # database: a scan of `results` per claim, kept as the job grew to 100k
+            # results). Plan each run for the tables as they are now.
+            kwargs["connect_args"] = {"options": "-c plan_cache_mode=force_custom_plan"}
         else:
             raise StorageError(
                 f"unsupported database URL {url!r}: use sqlite:///path.db or "

@@ -163,7 +163,6 @@ def add_chunk(
                     "prompt": clean_text(it.prompt),
                     "params": it.params,
                     "task_id": owner[pos],
-                    "attempts": 0,
                 }
                 for pos, it in enumerate(items)
             ],
@@ -196,14 +195,14 @@ def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tup
         return out
 
 
-def open_job(store: Store, job_id: str, total_items: int) -> None:
-    """Make a fully loaded job visible to dispatch and the reconciler."""
+def open_job(store: Store, job_id: str, total_items: int, *, chunk_size: int | None = None) -> None:
+    """Make a fully loaded job visible to dispatch and the reconciler (recording the
+    task size it was planned with, when given)."""
+    values: dict[str, Any] = {"state": JobState.QUEUED.value, "total_items": total_items}
+    if chunk_size is not None:
+        values["chunk_size"] = chunk_size
     with store.session() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(state=JobState.QUEUED.value, total_items=total_items)
-        )
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
         if store.dialect == "postgresql" and total_items >= 10_000:
             # Fresh statistics, so claims use the task index from the first task on
             # (autovacuum would catch up only later).
@@ -330,40 +329,46 @@ def finalize_job(store: Store, job_id: str) -> str | None:
     """Move a job to its final state once no task is open; returns the new state, if any.
     Safe to call from any process at any time (conditional update)."""
     with store.session() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.state in FINAL_JOB_STATES or job.state == SUBMITTING:
-            return None
-        open_tasks = s.scalar(
-            select(func.count())
-            .select_from(Task)
-            .where(Task.job_id == job_id, Task.state.in_(OPEN_TASK_STATES))
+        return finalize_in(s, job_id)
+
+
+def finalize_in(s: Session, job_id: str) -> str | None:
+    """`finalize_job` inside the caller's transaction (a worker folds it into the
+    transaction that finishes the job's last task)."""
+    open_tasks = s.connection().scalar(
+        select(func.count())
+        .select_from(Task.__table__)
+        .where(Task.__table__.c.job_id == job_id, Task.__table__.c.state.in_(OPEN_TASK_STATES))
+    )
+    if open_tasks:
+        return None  # the common case, answered from the (job_id, state) index alone
+    job = s.get(Job, job_id)
+    if job is None or job.state in FINAL_JOB_STATES or job.state == SUBMITTING:
+        return None
+    now = utcnow()
+    if job.cancel_requested:
+        _fill_missing_results(
+            s, job_id, ResultStatus.CANCELLED, "the job was cancelled before this item ran"
         )
-        if open_tasks:
-            return None
-        now = utcnow()
-        if job.cancel_requested:
-            _fill_missing_results(
-                s, job_id, ResultStatus.CANCELLED, "the job was cancelled before this item ran"
+        state = JobState.CANCELLED
+    else:
+        counts = job_counts(s, job)
+        if counts.succeeded + counts.failed < job.total_items:
+            raise StorageError(
+                f"job {job_id}: no open task but only {counts.succeeded + counts.failed} of "
+                f"{job.total_items} items have results"
             )
-            state = JobState.CANCELLED
+        if counts.failed == 0:
+            state = JobState.COMPLETED
+        elif counts.succeeded == 0:
+            state = JobState.FAILED
         else:
-            counts = job_counts(s, job)
-            if counts.succeeded + counts.failed < job.total_items:
-                raise StorageError(
-                    f"job {job_id}: no open task but only {counts.succeeded + counts.failed} of "
-                    f"{job.total_items} items have results"
-                )
-            if counts.failed == 0:
-                state = JobState.COMPLETED
-            elif counts.succeeded == 0:
-                state = JobState.FAILED
-            else:
-                state = JobState.COMPLETED_WITH_ERRORS
-        job.state = state.value
-        job.finished_at = now
-        if job.started_at is None:
-            job.started_at = now
-        return state.value
+            state = JobState.COMPLETED_WITH_ERRORS
+    job.state = state.value
+    job.finished_at = now
+    if job.started_at is None:
+        job.started_at = now
+    return state.value
 
 
 def expire_job(store: Store, job_id: str) -> bool:
@@ -431,8 +436,9 @@ def retry_items(
         for start in range(0, len(idxs), 900):
             part = idxs[start : start + 900]
             s.execute(delete(Result).where(Result.job_id == job_id, Result.idx.in_(part)))
-        for start in range(0, len(idxs), job.chunk_size):
-            part = idxs[start : start + job.chunk_size]
+        size = max(1, job.chunk_size)
+        for start in range(0, len(idxs), size):
+            part = idxs[start : start + size]
             task_id = s.scalar(
                 insert(Task)
                 .values(
@@ -448,7 +454,7 @@ def retry_items(
             s.execute(
                 update(Item)
                 .where(Item.job_id == job_id, Item.idx.in_(part))
-                .values(task_id=task_id, attempts=0)
+                .values(task_id=task_id)
             )
         job.state = JobState.QUEUED.value
         job.cancel_requested = False

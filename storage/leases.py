@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, insert, or_, select, update
+from sqlalchemy import Integer, any_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from genqueue.storage.db import Store, as_utc, utcnow
@@ -51,6 +52,7 @@ class Claim:
     job_params: dict[str, Any]
     job_options: dict[str, Any]
     items: list[ClaimedItem]  # only the items that still lack a result
+    begun: bool = True  # False: held (prefetched); call begin_attempt before working
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,41 @@ class ClaimRefused:
     reason: str  # "not_found" | "done" | "leased" | "job_final" | "cancelled" | "split" | "failed"
     new_tasks: tuple[int, ...] = ()
     job_id: str | None = None  # the task's job (to finalise it), when the task exists
+
+
+_T, _J, _I, _R, _A = (m.__table__ for m in (Task, Job, Item, Result, Attempt))
+
+
+def _has_result() -> Any:
+    return exists().where(_R.c.job_id == _I.c.job_id, _R.c.idx == _I.c.idx)
+
+
+def _missing(conn: Any, dialect: str, task_id: int, job_id: str, with_result: int) -> list[Any]:
+    """A task's items that still lack a result, in input order. `with_result` is the
+    task's own count of results (its n_succeeded + n_failed counters, kept in the
+    transactions that insert them): on a first claim it is 0 and results are not read."""
+    # task_id alone (it is unique across jobs) so the planner takes ix_items_task, not
+    # the (job_id, idx) key, which would walk every item of the job per claim.
+    cols = select(_I.c.idx, _I.c.custom_id, _I.c.prompt, _I.c.params).order_by(_I.c.idx)
+    if not with_result:
+        return list(conn.execute(cols.where(_I.c.task_id == task_id)).all())
+    if dialect != "postgresql":
+        # SQLite answers NOT EXISTS with a primary-key probe per item.
+        return list(conn.execute(cols.where(_I.c.task_id == task_id, ~_has_result())).all())
+    rows = conn.execute(cols.where(_I.c.task_id == task_id)).all()
+    done = with_results(conn, job_id, [r.idx for r in rows])
+    return [r for r in rows if r.idx not in done]
+
+
+def with_results(conn: Any, job_id: str, idxs: list[int]) -> set[int]:
+    """Which of these items of a job have a result: primary-key probes, one array
+    parameter. PostgreSQL plans an anti-join with `results` by its statistics, and
+    while they lag behind a growing job (autovacuum analyses late, or is off) it
+    picked a scan of every result per claim (25 ms each at 100k items)."""
+    if not idxs:
+        return set()
+    arr = bindparam("idxs", idxs, type_=postgresql.ARRAY(Integer))
+    return set(conn.scalars(select(_R.c.idx).where(_R.c.job_id == job_id, _R.c.idx == any_(arr))))
 
 
 def _missing_items(s: Session, task_id: int, job_id: str) -> list[Item]:
@@ -76,78 +113,141 @@ def _missing_items(s: Session, task_id: int, job_id: str) -> list[Item]:
 
 
 def claim_task(
-    store: Store, task_id: int, worker: str, *, lease_seconds: float, max_attempts: int
+    store: Store,
+    task_id: int,
+    worker: str,
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+    begin: bool = True,
 ) -> Claim | ClaimRefused:
-    """Take the lease of a task if it is free (never claimed, or its lease expired)."""
+    """Take the lease of a task if it is free (never claimed, or its lease expired).
+
+    With `begin`, the attempt counts now (work starts at once). Without it the task
+    is only held (prefetched, waiting for the model): the attempt counts when
+    `begin_attempt` says work starts, so a task that was merely waiting when a poison
+    item killed its worker is not charged an attempt.
+
+    One transaction of a few plain statements (no ORM objects on the hot path): a claim
+    per task is part of every item's cost."""
     now = utcnow()
     with store.session() as s:
-        q = select(Task).where(Task.id == task_id)
-        if store.dialect == "postgresql":
-            q = q.with_for_update()
-        task = s.scalar(q)
-        if task is None:
-            return ClaimRefused("not_found")
-        if task.state in (TaskState.DONE.value, TaskState.SPLIT.value, TaskState.CANCELLED.value):
-            return ClaimRefused("done", job_id=task.job_id)
-        if (
-            task.state == TaskState.RUNNING.value
-            and task.lease_expires_at is not None
-            and (_aware(task.lease_expires_at) > now)
-        ):
-            return ClaimRefused("leased", job_id=task.job_id)
-        job = s.get(Job, task.job_id)
-        if job is None or job.state in FINAL_JOB_STATES:
-            task.state = TaskState.CANCELLED.value
-            return ClaimRefused("job_final", job_id=task.job_id)
-        if job.cancel_requested:
-            task.state = TaskState.CANCELLED.value
-            task.finished_at = now
-            return ClaimRefused("cancelled", job_id=task.job_id)
-        if task.attempts >= max_attempts:
-            new = isolate_poison(s, task, "the task reached its attempt limit")
-            return ClaimRefused("split" if new else "failed", tuple(new), task.job_id)
-        items = _missing_items(s, task.id, task.job_id)
-        token = uuid.uuid4().hex
-        task.attempts += 1
-        task.state = TaskState.RUNNING.value
-        task.lease_owner = worker
-        task.lease_token = token
-        task.lease_expires_at = now + timedelta(seconds=lease_seconds)
-        task.started_at = task.started_at or now
-        if items:
-            s.execute(
-                update(Item)
-                .where(Item.job_id == task.job_id, Item.idx.in_([i.idx for i in items]))
-                .values(attempts=Item.attempts + 1)
+        conn = s.connection()
+        q = (
+            select(
+                _T.c.job_id,
+                _T.c.state,
+                _T.c.lease_expires_at,
+                _T.c.attempts,
+                _T.c.n_succeeded,
+                _T.c.n_failed,
+                _J.c.state.label("job_state"),
+                _J.c.cancel_requested,
+                _J.c.params,
+                _J.c.options,
             )
-        attempt_id = s.scalar(
-            insert(Attempt)
-            .values(
-                {
-                    "task_id": task.id,
-                    "job_id": task.job_id,
-                    "number": task.attempts,
-                    "worker": worker,
-                    "lease_token": token,
-                    "started_at": now,
-                }
-            )
-            .returning(Attempt.id)
+            .select_from(_T.join(_J, _J.c.id == _T.c.job_id))
+            .where(_T.c.id == task_id)
         )
-        if job.state == JobState.QUEUED.value:
-            job.state = JobState.RUNNING.value
-            job.started_at = job.started_at or now
+        if store.dialect == "postgresql":
+            q = q.with_for_update(of=_T, key_share=True)
+        row = conn.execute(q).one_or_none()
+        if row is None:
+            return ClaimRefused("not_found")
+        job_id = row.job_id
+        if row.state in (TaskState.DONE.value, TaskState.SPLIT.value, TaskState.CANCELLED.value):
+            return ClaimRefused("done", job_id=job_id)
+        if (
+            row.state == TaskState.RUNNING.value
+            and row.lease_expires_at is not None
+            and _aware(row.lease_expires_at) > now
+        ):
+            return ClaimRefused("leased", job_id=job_id)
+        this_task = update(_T).where(_T.c.id == task_id)
+        if row.job_state in FINAL_JOB_STATES:
+            conn.execute(this_task.values(state=TaskState.CANCELLED.value))
+            return ClaimRefused("job_final", job_id=job_id)
+        if row.cancel_requested:
+            conn.execute(this_task.values(state=TaskState.CANCELLED.value, finished_at=now))
+            return ClaimRefused("cancelled", job_id=job_id)
+        if row.attempts >= max_attempts:
+            task = s.get(Task, task_id)
+            assert task is not None
+            new = isolate_poison(s, task, "the task reached its attempt limit")
+            return ClaimRefused("split" if new else "failed", tuple(new), job_id)
+        items = _missing(conn, store.dialect, task_id, job_id, row.n_succeeded + row.n_failed)
+        token = uuid.uuid4().hex
+        attempt = row.attempts + 1
+        conn.execute(
+            this_task.values(
+                attempts=attempt if begin else row.attempts,
+                state=TaskState.RUNNING.value,
+                lease_owner=worker,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(_T.c.started_at, now),
+            )
+        )
+        attempt_id = conn.scalar(
+            insert(_A)
+            .values(
+                task_id=task_id,
+                job_id=job_id,
+                number=attempt,
+                worker=worker,
+                lease_token=token,
+                started_at=now,
+                began_at=now if begin else None,
+                items_written=0,
+                duplicates=0,
+            )
+            .returning(_A.c.id)
+        )
+        if row.job_state == JobState.QUEUED.value:
+            conn.execute(
+                update(_J)
+                .where(_J.c.id == job_id, _J.c.state == JobState.QUEUED.value)
+                .values(
+                    state=JobState.RUNNING.value, started_at=func.coalesce(_J.c.started_at, now)
+                )
+            )
         return Claim(
-            task_id=task.id,
-            job_id=task.job_id,
+            task_id=task_id,
+            job_id=job_id,
             token=token,
-            attempt=task.attempts,
+            attempt=attempt,
             attempt_id=int(attempt_id or 0),
             worker=worker,
-            job_params=dict(job.params),
-            job_options=dict(job.options),
+            job_params=dict(row.params or {}),
+            job_options=dict(row.options or {}),
             items=[ClaimedItem(i.idx, i.custom_id, i.prompt, i.params) for i in items],
+            begun=begin,
         )
+
+
+def begin_attempt(store: Store, claim: Claim) -> bool:
+    """Count the attempt of a held claim, right before its work starts. False when the
+    lease was lost meanwhile (the task is someone else's now)."""
+    with store.session() as s:
+        return begin_in(s, claim)
+
+
+def begin_in(s: Session, claim: Claim) -> bool:
+    """`begin_attempt` inside the caller's transaction."""
+    conn = s.connection()
+    res = conn.execute(
+        update(_T)
+        .where(
+            _T.c.id == claim.task_id,
+            _T.c.lease_token == claim.token,
+            _T.c.state == TaskState.RUNNING.value,
+        )
+        .values(attempts=_T.c.attempts + 1)
+    )
+    if not res.rowcount:
+        return False
+    conn.execute(update(_A).where(_A.c.id == claim.attempt_id).values(began_at=utcnow()))
+    return True
 
 
 def _aware(value: datetime) -> datetime:
@@ -212,49 +312,103 @@ def finish_task(
     """End an attempt. The task is `done` when every item has a result; otherwise it is
     released (`queued`, lease cleared) for another attempt, or cancelled with its job.
     Returns the task's new state."""
-    now = utcnow()
     with store.session() as s:
-        task = s.get(Task, claim.task_id)
-        assert task is not None
-        missing = s.scalar(
-            select(func.count())
-            .select_from(Item)
-            .where(
-                Item.task_id == claim.task_id,  # alone: see _missing_items
-                ~exists().where(Result.job_id == Item.job_id, Result.idx == Item.idx),
-            )
+        return finish_in(
+            s,
+            store.dialect,
+            claim,
+            outcome=outcome,
+            engine=engine,
+            model_revision=model_revision,
+            error=error,
         )
-        s.execute(
-            update(Attempt)
-            .where(Attempt.id == claim.attempt_id)
-            .values(
-                outcome=outcome,
-                finished_at=now,
-                error=error,
-                engine=engine,
-                model_revision=model_revision,
-            )
+
+
+def finish_in(
+    s: Session,
+    dialect: str,
+    claim: Claim,
+    *,
+    outcome: str,
+    engine: str | None = None,
+    model_revision: str | None = None,
+    error: str | None = None,
+    written: tuple[int, int, int, int] = (0, 0, 0, 0),
+) -> str:
+    """`finish_task` inside the caller's transaction. `written` is what this
+    transaction inserted (rows, duplicates, succeeded, failed), added to the counters in
+    the same statements that end the attempt and the lease."""
+    rows, dups, ok, bad = written
+    now = utcnow()
+    conn = s.connection()
+    q = (
+        select(
+            _T.c.state,
+            _T.c.lease_token,
+            _T.c.n_items,
+            _T.c.n_succeeded,
+            _T.c.n_failed,
+            _J.c.state.label("job_state"),
+            _J.c.cancel_requested,
+            _J.c.engine,
+            _J.c.revision,
         )
-        if task.lease_token != claim.token:
-            return task.state  # lease lost meanwhile: the new holder decides
-        job = s.get(Job, claim.job_id)
-        if job is not None and engine and job.engine != engine:
-            job.engine = engine
-        if job is not None and model_revision and job.revision is None:
-            job.revision = model_revision
-        if not missing:
-            task.state = TaskState.DONE.value
-        elif job is None or job.cancel_requested or job.state in FINAL_JOB_STATES:
-            task.state = TaskState.CANCELLED.value
-        else:
-            task.state = TaskState.QUEUED.value
-            task.enqueued_at = None  # the caller re-sends it
-        if error:
-            task.last_error = error
-        task.lease_owner = task.lease_token = None
-        task.lease_expires_at = None
-        task.finished_at = now if task.state != TaskState.QUEUED.value else None
-        return task.state
+        .select_from(_T.outerjoin(_J, _J.c.id == _T.c.job_id))
+        .where(_T.c.id == claim.task_id)
+    )
+    if dialect == "postgresql":
+        q = q.with_for_update(of=_T, key_share=True)
+    row = conn.execute(q).one()
+    # A lease lost meanwhile already ended this attempt (`lease_expired`): keep that
+    # outcome, add what this worker still wrote.
+    conn.execute(
+        update(_A)
+        .where(_A.c.id == claim.attempt_id)
+        .values(
+            outcome=func.coalesce(_A.c.outcome, outcome),
+            finished_at=func.coalesce(_A.c.finished_at, now),
+            error=func.coalesce(_A.c.error, error),
+            engine=engine,
+            model_revision=model_revision,
+            items_written=_A.c.items_written + rows,
+            duplicates=_A.c.duplicates + dups,
+        )
+    )
+    counters = {"n_succeeded": _T.c.n_succeeded + ok, "n_failed": _T.c.n_failed + bad}
+    if row.lease_token != claim.token:
+        if ok or bad:
+            conn.execute(update(_T).where(_T.c.id == claim.task_id).values(**counters))
+        return str(row.state)  # lease lost meanwhile: the new holder decides
+    # The task's counters count every result row of its items (they are updated in the
+    # transactions that insert the rows, this one included), so no result is read here.
+    missing_items = row.n_items - (row.n_succeeded + ok) - (row.n_failed + bad)
+    job_values: dict[str, Any] = {}
+    if engine and row.engine != engine:
+        job_values["engine"] = engine
+    if model_revision and row.revision is None:
+        job_values["revision"] = model_revision
+    if job_values and row.job_state is not None:
+        conn.execute(update(_J).where(_J.c.id == claim.job_id).values(**job_values))
+    if not missing_items:
+        state = TaskState.DONE.value
+    elif row.job_state is None or row.cancel_requested or row.job_state in FINAL_JOB_STATES:
+        state = TaskState.CANCELLED.value
+    else:
+        state = TaskState.QUEUED.value
+    values: dict[str, Any] = {
+        **counters,
+        "state": state,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "finished_at": now if state != TaskState.QUEUED.value else None,
+    }
+    if state == TaskState.QUEUED.value:
+        values["enqueued_at"] = None  # the caller re-sends it
+    if error:
+        values["last_error"] = error
+    conn.execute(update(_T).where(_T.c.id == claim.task_id).values(**values))
+    return state
 
 
 def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
@@ -293,7 +447,9 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
         task.n_items -= len(items)
         return new_ids
     task.state = TaskState.DONE.value
+    lineage = _lineage_attempts(s, task)
     for item in items:
+        tries = lineage
         s.execute(
             insert(Result),
             [
@@ -304,17 +460,33 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
                     "status": ResultStatus.FAILED.value,
                     "error_code": "attempts_exhausted",
                     "error_message": (
-                        f"this item stopped its worker {item.attempts} time(s) (crash, kill or "
+                        f"this item stopped its worker {tries} time(s) (crash, kill or "
                         f"timeout; {why}); it was isolated and failed so the rest of the job could "
                         "finish. Check the input, lower max_new_tokens, or retry the job."
                     ),
-                    "attempt": item.attempts,
+                    "attempt": tries,
                     "created_at": now,
                 }
             ],
         )
         task.n_failed += 1
     return []
+
+
+def _lineage_attempts(s: Session, task: Task) -> int:
+    """Attempts an item of `task` went through: the task's, plus those of the tasks it was
+    split from (an item left without a result was in every one of them). Counting them
+    here, once, spares every claim an UPDATE of its items."""
+    total, parent = task.attempts, task.parent_id
+    while parent is not None:
+        row = s.execute(
+            select(Task.attempts, Task.parent_id).where(Task.id == parent)
+        ).one_or_none()
+        if row is None:
+            break
+        total += row.attempts
+        parent = row.parent_id
+    return total
 
 
 def recover_expired(store: Store, *, max_attempts: int, limit: int = 500) -> list[int]:

@@ -139,7 +139,7 @@ class Item(Base):
     task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # overrides
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # No attempts column: an item's attempts are its task lineage's (see isolate_poison).
 
     __table_args__ = (
         Index("ix_items_task", "task_id"),
@@ -185,5 +185,7 @@ class Attempt(Base):
     model_revision: Mapped[str | None] = mapped_column(String(128), nullable=True)
     items_written: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # claimed
+    #: When work started (the attempt counted); None: claimed ahead and never started.
+    began_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()

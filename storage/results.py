@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session
 
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.leases import Claim
@@ -38,10 +40,79 @@ def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> t
     as a duplicate execution. Returns (written, duplicates)."""
     if not results:
         return 0, 0
+    with store.session() as s:
+        return insert_results(s, store.dialect, claim, results)
+
+
+_R, _T, _A, _J = (m.__table__ for m in (Result, Task, Attempt, Job))
+
+
+#: PostgreSQL: one INSERT over arrays, one per column. Its text never changes with the
+#: number of rows, so the driver parses it once; a multi-row VALUES statement is a new,
+#: long query text for every batch size, and parsing it cost more than the insert.
+_PG_COLUMNS = (
+    ("idx", "int"),
+    ("status", "text"),
+    ("output", "text"),
+    ("outputs", "text"),
+    ("finish_reason", "text"),
+    ("prompt_tokens", "int"),
+    ("completion_tokens", "int"),
+    ("error_code", "text"),
+    ("error_message", "text"),
+    ("truncated", "bool"),
+    ("latency_ms", "float8"),
+)
+_PG_INSERT = text(
+    "INSERT INTO results (job_id, task_id, attempt, worker, created_at, "
+    + ", ".join(name for name, _ in _PG_COLUMNS)
+    + ") SELECT :job_id, :task_id, :attempt, :worker, :created_at, "
+    + ", ".join(f"u.{name}::json" if name == "outputs" else f"u.{name}" for name, _ in _PG_COLUMNS)
+    + " FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {typ}[])" for name, typ in _PG_COLUMNS)
+    + ") AS u("
+    + ", ".join(name for name, _ in _PG_COLUMNS)
+    + ") ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
+)
+
+
+def _pg_columns(rows: list[dict[str, Any]], now: Any) -> dict[str, Any]:
+    first = rows[0]
+    params: dict[str, Any] = {
+        "job_id": first["job_id"],
+        "task_id": first["task_id"],
+        "attempt": first["attempt"],
+        "worker": first["worker"],
+        "created_at": now,
+    }
+    for name, _ in _PG_COLUMNS:
+        if name == "outputs":
+            params[name] = [
+                json.dumps(r[name], ensure_ascii=False) if r[name] is not None else None
+                for r in rows
+            ]
+        else:
+            params[name] = [r[name] for r in rows]
+    return params
+
+
+@dataclass(frozen=True)
+class Inserted:
+    written: int  # rows inserted
+    duplicates: int  # rows another execution had already written
+    succeeded: int  # of the inserted rows
+    failed: int
+
+
+def insert_rows(s: Session, dialect: str, claim: Claim, results: Sequence[NewResult]) -> Inserted:
+    """Insert result rows (first writer wins) without touching any counter."""
+    if not results:
+        return Inserted(0, 0, 0, 0)
     now = utcnow()
+    job_id, task_id, attempt, worker = claim.job_id, claim.task_id, claim.attempt, claim.worker
     rows = [
         {
-            "job_id": claim.job_id,
+            "job_id": job_id,
             "idx": r.idx,
             "status": r.status.value,
             "output": clean_text(r.output),
@@ -52,62 +123,80 @@ def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> t
             "error_code": r.error_code,
             "error_message": clean_text(r.error_message),
             "truncated": r.truncated,
-            "task_id": claim.task_id,
-            "attempt": claim.attempt,
-            "worker": claim.worker,
+            "task_id": task_id,
+            "attempt": attempt,
+            "worker": worker,
             "latency_ms": r.latency_ms,
             "created_at": now,
         }
         for r in results
     ]
-    dialect = postgresql if store.dialect == "postgresql" else sqlite
-    stmt = (
-        dialect.insert(Result)
-        .on_conflict_do_nothing(index_elements=["job_id", "idx"])
-        .returning(Result.idx, Result.status)
-    )
-    with store.session() as s:
-        inserted = s.execute(stmt, rows).all()
-        ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
-        bad = len(inserted) - ok
-        dups = len(rows) - len(inserted)
-        if dups:
-            # A conflict with a `cancelled`/`expired` row is not a second execution:
-            # the job ended (a deadline) while this micro-batch ran, and its result is
-            # dropped. Only conflicts with a real result count as duplicates.
-            done = {row.idx for row in inserted}
-            dups -= (
-                s.scalar(
-                    select(func.count())
-                    .select_from(Result)
-                    .where(
-                        Result.job_id == claim.job_id,
-                        Result.idx.in_([r.idx for r in results if r.idx not in done]),
-                        Result.status.in_(ENDED_WITHOUT_RUNNING),
-                    )
+    conn = s.connection()
+    if dialect == "postgresql":
+        inserted = conn.execute(_PG_INSERT, _pg_columns(rows, now)).all()
+    else:
+        stmt = (
+            sqlite.insert(_R)
+            .on_conflict_do_nothing(index_elements=["job_id", "idx"])
+            .returning(_R.c.idx, _R.c.status)
+        )
+        inserted = conn.execute(stmt, rows).all()
+    ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
+    bad = len(inserted) - ok
+    dups = len(rows) - len(inserted)
+    if dups:
+        # A conflict with a `cancelled`/`expired` row is not a second execution:
+        # the job ended (a deadline) while this micro-batch ran, and its result is
+        # dropped. Only conflicts with a real result count as duplicates.
+        done = {row.idx for row in inserted}
+        dups -= (
+            conn.scalar(
+                select(func.count())
+                .select_from(_R)
+                .where(
+                    _R.c.job_id == job_id,
+                    _R.c.idx.in_([r.idx for r in results if r.idx not in done]),
+                    _R.c.status.in_(ENDED_WITHOUT_RUNNING),
                 )
-                or 0
             )
-        s.execute(
-            update(Task)
-            .where(Task.id == claim.task_id)
-            .values(n_succeeded=Task.n_succeeded + ok, n_failed=Task.n_failed + bad)
+            or 0
         )
-        s.execute(
-            update(Attempt)
-            .where(Attempt.id == claim.attempt_id)
-            .values(
-                items_written=Attempt.items_written + len(inserted),
-                duplicates=Attempt.duplicates + dups,
-            )
+    return Inserted(len(inserted), dups, ok, bad)
+
+
+def insert_results(
+    s: Session, dialect: str, claim: Claim, results: Sequence[NewResult]
+) -> tuple[int, int]:
+    """`write_results` inside the caller's transaction: one multi-row INSERT plus the
+    task's and the attempt's counters (plain statements, no ORM objects)."""
+    ins = insert_rows(s, dialect, claim, results)
+    if not ins.written and not ins.duplicates:
+        return 0, 0
+    conn = s.connection()
+    conn.execute(
+        update(_T)
+        .where(_T.c.id == claim.task_id)
+        .values(n_succeeded=_T.c.n_succeeded + ins.succeeded, n_failed=_T.c.n_failed + ins.failed)
+    )
+    conn.execute(
+        update(_A)
+        .where(_A.c.id == claim.attempt_id)
+        .values(
+            items_written=_A.c.items_written + ins.written,
+            duplicates=_A.c.duplicates + ins.duplicates,
         )
-        if dups:
-            s.execute(
-                update(Job)
-                .where(Job.id == claim.job_id)
-                .values(duplicate_executions=Job.duplicate_executions + dups)
-            )
-    return len(inserted), dups
+    )
+    count_duplicates(conn, claim.job_id, ins.duplicates)
+    return ins.written, ins.duplicates
+
+
+def count_duplicates(conn: Any, job_id: str, dups: int) -> None:
+    if dups:
+        conn.execute(
+            update(_J)
+            .where(_J.c.id == job_id)
+            .values(duplicate_executions=_J.c.duplicate_executions + dups)
+        )
 
 
 @dataclass(frozen=True)

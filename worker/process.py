@@ -1,8 +1,11 @@
 """One worker process: load the model once, then consume its model's queue.
 
 Each process is a Celery worker with the `solo` pool, so the process that loaded torch
-never forks (forking after torch ran deadlocks libgomp). Parallelism comes from running
-several such processes (see supervisor.py), each with its own thread budget or GPU.
+never forks (forking after torch ran deadlocks libgomp). With prefetch (the default) the
+Celery thread only claims and prepares tasks; a model thread generates and a finisher
+thread commits the last results (runner.Pipeline), so the next task is claimed while the
+current one generates. Parallelism comes from running several such processes (see
+supervisor.py), each with its own thread budget or GPU.
 
 Run as `python -m genqueue.worker.process --model M ...` (the supervisor does this).
 """
@@ -28,7 +31,7 @@ from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
 from genqueue.settings import Settings
 from genqueue.storage.db import open_store
 from genqueue.worker.retry import is_transient
-from genqueue.worker.runner import WorkerContext, run_task
+from genqueue.worker.runner import Pipeline, WorkerContext, run_task
 
 log = logging.getLogger("genqueue.worker")
 
@@ -84,10 +87,17 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = WorkerContext(store=store, engine=engine, settings=settings, worker_id=name)
     ctx.send_tasks = _sender(app, store, queue)
+    pipeline = Pipeline(ctx) if settings.prefetch else None
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, Request=settling_request(ctx.stop))
     def genqueue_run_task(self: Any, task_id: int) -> str:
+        if ctx.stop.is_set():
+            # Shutting down (the message came in with the shutdown, or is the task this
+            # worker just released): hand it back untouched for another worker.
+            raise Reject("worker stopping", requeue=True)
         try:
+            if pipeline is not None:
+                return pipeline.submit(int(task_id))
             return run_task(ctx, int(task_id))
         except Exception as exc:
             if is_transient(exc):
@@ -120,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         quiet=True,
     )
     worker.start()
+    if pipeline is not None:
+        pipeline.close()
     engine.close()
     store.dispose()
 

@@ -59,6 +59,39 @@ def test_length_aware_planning_keeps_every_item_once(store: Store, tmp_path: Pat
     assert sum(spreads) / len(spreads) < 60
 
 
+def test_tasks_are_sized_by_work_by_default(store: Store, tmp_path: Path) -> None:
+    """Without a chunk_size, a task holds about `task_tokens` of estimated work (prompt
+    characters / 4 + new tokens): many short prompts, few long ones; per-item
+    max_new_tokens count; every item lands in exactly one task."""
+    short = [{"prompt": "y" * 40} for _ in range(600)]  # ~11 + 10 tokens each
+    long = [{"prompt": "x" * 4000} for _ in range(60)]  # ~1001 + 10 tokens each
+    greedy = [{"prompt": "z" * 40, "params": {"max_new_tokens": 400}} for _ in range(40)]
+    src = write(tmp_path, short + long + greedy)
+    spec = JobSpec(
+        kind="generate",
+        model="tiny-gpt2",
+        params=GenerationParams(max_new_tokens=10),
+        task_tokens=2000,
+        min_tasks_per_window=1,
+    )
+    done = submit(store, None, src, spec)
+    with store.session() as s:
+        rows = s.execute(
+            select(Item.task_id, Item.prompt, Item.params).where(Item.job_id == done.job_id)
+        ).all()
+        job = s.get(Job, done.job_id)
+    by_task: dict[int, list[int]] = {}
+    for r in rows:
+        cost = len(r.prompt) // 4 + 1 + (r.params or {}).get("max_new_tokens", 10)
+        by_task.setdefault(r.task_id, []).append(cost)
+    assert sum(len(v) for v in by_task.values()) == 700
+    assert all(sum(v) <= 2000 for v in by_task.values())
+    assert max(len(v) for v in by_task.values()) == 95  # short ones: 95 x 21 tokens
+    assert all(sum(c > 1000 for c in v) <= 1 for v in by_task.values())  # long: one a task
+    assert all(len(v) <= 4 for v in by_task.values() if min(v) > 400)  # 400 new: 4 x 411
+    assert job is not None and job.chunk_size == -(-700 // len(by_task))  # mean, for retry
+
+
 def test_rejected_input_leaves_no_job(store: Store, tmp_path: Path) -> None:
     src = write(tmp_path, [{"prompt": "ok"}] * 3 + [{"text": "wrong field"}])
     with pytest.raises(InputError) as err:

@@ -7,10 +7,12 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
 
 from genqueue.storage import jobs, leases
+from genqueue.storage.completion import complete_task
 from genqueue.storage.db import Store
-from genqueue.storage.models import Base, Job, ResultStatus, Task
+from genqueue.storage.models import Attempt, Base, Job, ResultStatus, Task
 from genqueue.storage.results import NewResult, iter_results, write_results
 
 
@@ -123,6 +125,7 @@ def test_poison_task_is_split_then_the_item_fails(store: Store) -> None:
     (tid,) = task_ids(store, job.id)
     pending = [tid]
     failed_items: set[int] = set()
+    claims_of_2 = 0
     for _ in range(20):  # every claim "crashes" on item 2
         if not pending:
             break
@@ -131,6 +134,7 @@ def test_poison_task_is_split_then_the_item_fails(store: Store) -> None:
         if isinstance(got, leases.ClaimRefused):
             pending.extend(got.new_tasks)
             continue
+        claims_of_2 += any(i.idx == 2 for i in got.items)
         good = [ok(i.idx) for i in got.items if i.idx != 2]
         if len(got.items) > 1:
             time.sleep(0.01)
@@ -144,6 +148,9 @@ def test_poison_task_is_split_then_the_item_fails(store: Store) -> None:
     failed_items = {i for i, r in rows.items() if r.status == "failed"}
     assert failed_items == {2}
     assert rows[2].error_code == "attempts_exhausted"
+    # Its attempts are those of every task it went through (the original and the splits).
+    assert claims_of_2 == 6
+    assert f"stopped its worker {claims_of_2} time(s)" in (rows[2].error_message or "")
     assert sorted(rows) == [0, 1, 2, 3]
     assert jobs.finalize_job(store, job.id) == "completed_with_errors"
 
@@ -242,3 +249,96 @@ def test_retry_reruns_only_unsuccessful_items(store: Store) -> None:
     outputs = {r.index: r.output for r in iter_results(store, job.id)}
     assert outputs == {0: "out", 1: "retried", 2: "out", 3: "retried", 4: "retried", 5: "retried"}
     assert jobs.retry_items(store, job.id) == 0
+
+
+def test_complete_task_writes_finishes_and_ends_the_job_in_one_transaction(store: Store) -> None:
+    job = make_job(store, n=6, chunk=3)
+    first, last = task_ids(store, job.id)
+    for tid in (first, last):
+        claim = leases.claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3)
+        assert isinstance(claim, leases.Claim)
+        done = complete_task(
+            store, claim, [ok(i.idx) for i in claim.items], outcome="done", engine="dry-run"
+        )
+        assert (done.written, done.duplicates, done.task_state) == (3, 0, "done")
+        # Only the job's last task ends the job, in the same commit as its results.
+        assert done.job_state == ("completed" if tid == last else None)
+        assert jobs.view_job(store, job.id).job.state == ("completed" if tid == last else "running")
+    view = jobs.view_job(store, job.id)
+    assert view.counts.succeeded == 6 and view.job.engine == "dry-run"
+    with store.session() as s:
+        tries = s.scalars(select(Attempt).where(Attempt.job_id == job.id)).all()
+    assert [(a.outcome, a.items_written) for a in tries] == [("done", 3), ("done", 3)]
+
+
+def test_complete_task_releases_a_partial_task(store: Store) -> None:
+    job = make_job(store, n=4, chunk=4)
+    (tid,) = task_ids(store, job.id)
+    claim = leases.claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, leases.Claim)
+    done = complete_task(store, claim, [ok(0), ok(1)], outcome="stopped")
+    assert (done.written, done.task_state, done.job_state) == (2, "queued", None)
+    again = leases.claim_task(store, tid, "w2", lease_seconds=30, max_attempts=3)
+    assert isinstance(again, leases.Claim)
+    assert [i.idx for i in again.items] == [2, 3]  # only what still lacks a result
+
+
+def test_a_worker_that_lost_its_lease_keeps_the_attempt_outcome(store: Store) -> None:
+    """A frozen worker's lease expires and another takes the task. When the first wakes
+    up and finishes, its results are counted (duplicates where the other already wrote)
+    but the task stays the new holder's, and its attempt keeps `lease_expired`."""
+    job = make_job(store, n=4, chunk=4)
+    (tid,) = task_ids(store, job.id)
+    a = leases.claim_task(store, tid, "A", lease_seconds=0.05, max_attempts=3)
+    assert isinstance(a, leases.Claim)
+    time.sleep(0.1)
+    assert leases.recover_expired(store, max_attempts=3) == [tid]
+    b = leases.claim_task(store, tid, "B", lease_seconds=30, max_attempts=3)
+    assert isinstance(b, leases.Claim)
+    assert write_results(store, b, [ok(0), ok(1)]) == (2, 0)
+    late = complete_task(store, a, [ok(i) for i in range(4)], outcome="stopped")
+    assert (late.written, late.duplicates) == (2, 2)
+    assert late.task_state == "running"  # B's lease: B decides
+    assert complete_task(store, b, [ok(2), ok(3)], outcome="done").task_state == "done"
+    with store.session() as s:
+        tries = {t.worker: t for t in s.scalars(select(Attempt).where(Attempt.job_id == job.id))}
+    assert tries["A"].outcome == "lease_expired"
+    assert (tries["A"].items_written, tries["A"].duplicates) == (2, 2)
+    assert (tries["B"].outcome, tries["B"].items_written, tries["B"].duplicates) == ("done", 2, 2)
+    view = jobs.view_job(store, job.id)
+    assert view.job.state == "completed" and view.job.duplicate_executions == 4
+    assert view.counts.succeeded == 4
+
+
+def test_a_held_task_is_charged_an_attempt_only_when_its_work_begins(store: Store) -> None:
+    """A worker holds its next task while the model finishes the current one. If the
+    worker dies then (a poison item in the current task), the held task did no work and
+    keeps its attempts; otherwise its attempt begins in the commit that completes the
+    task before it."""
+    job = make_job(store, n=4, chunk=2)
+    first, second = task_ids(store, job.id)
+
+    def attempts(tid: int) -> int:
+        with store.read() as s:
+            return int(s.scalar(select(Task.attempts).where(Task.id == tid)) or 0)
+
+    held = leases.claim_task(store, second, "w", lease_seconds=0.05, max_attempts=1, begin=False)
+    assert isinstance(held, leases.Claim) and not held.begun
+    time.sleep(0.1)  # the worker died while the task waited
+    assert leases.recover_expired(store, max_attempts=1) == [second]
+    assert attempts(second) == 0  # not charged: with max_attempts=1 it is still claimable
+
+    current = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=1)
+    held = leases.claim_task(store, second, "w", lease_seconds=30, max_attempts=1, begin=False)
+    assert isinstance(current, leases.Claim) and isinstance(held, leases.Claim)
+    assert (attempts(first), attempts(second)) == (1, 0)
+    done = complete_task(store, current, [ok(0), ok(1)], outcome="done", begin_next=held)
+    assert done.task_state == "done" and done.began_next is True
+    assert attempts(second) == 1
+    with store.read() as s:
+        tries = s.scalars(select(Attempt).where(Attempt.task_id == second)).all()
+    assert [(t.outcome, t.began_at is not None) for t in tries] == [
+        ("lease_expired", False),
+        (None, True),
+    ]
+    assert complete_task(store, held, [ok(2), ok(3)], outcome="done").job_state == "completed"
