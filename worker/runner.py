@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 #: Between micro-batches, a running task asks SQL whether it should stop (cancelled,
 #: expired, lease lost) at most this often.
 STOP_CHECK_SECONDS = 0.1
+#: Results of micro-batches that end sooner than this after the last write are gathered
+#: into one write (a crash loses at most this much work, which is redone).
+WRITE_INTERVAL_SECONDS = 0.5
 
 
 @dataclass
@@ -284,9 +287,11 @@ def _should_stop(ctx: WorkerContext, run: _Running) -> bool:
 
 
 def generate(ctx: WorkerContext, run: _Running) -> None:
-    """Generate every item (micro-batches, holding the model); earlier micro-batches go
-    to the writer thread, the last one waits for `finish`. Raises what the engine
-    raised, with the outcome recorded."""
+    """Generate every item (micro-batches, holding the model). A micro-batch's results
+    go to the writer thread when the next one ends; micro-batches quicker than
+    WRITE_INTERVAL_SECONDS are gathered into one write, and the last results wait for
+    `finish` (one commit with the end of the task). Raises what the engine raised,
+    with the outcome recorded."""
     hb = run.hb
     try:
         with ctx.model_lock:
@@ -301,13 +306,15 @@ def generate(ctx: WorkerContext, run: _Running) -> None:
                     run.policy,
                     should_stop=lambda: _should_stop(ctx, run),
                 )
+                last_write = time.monotonic()
                 for batch in batches:
                     now = time.perf_counter()
                     per_item = (now - started) * 1000 / max(1, len(batch))
                     started = now
-                    if run.held:
+                    if run.held and time.monotonic() - last_write >= WRITE_INTERVAL_SECONDS:
                         run.writer.send(run.held)
-                    run.held = [to_new_result(r, per_item) for r in batch]
+                        run.held, last_write = [], time.monotonic()
+                    run.held.extend(to_new_result(r, per_item) for r in batch)
                     hb.batch_started = time.monotonic()
             finally:
                 hb.generating = False
