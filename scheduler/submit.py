@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -197,21 +197,42 @@ def submit(
         view = jobs.view_job(store, created)
         return Submitted(created, view.job.total_items, 0, created=False)
     job = created
+
+    def dispatch(task_ids: list[int]) -> None:
+        assert dispatcher is not None
+        dispatcher.send(store, [(t, job.queue, job.priority) for t in task_ids])
+
     try:
-        total, n_tasks = _load(store, job, read_items(source, input_spec, fmt=fmt), spec, name)
+        total, n_tasks = _load(
+            store,
+            job,
+            read_items(source, input_spec, fmt=fmt),
+            spec,
+            name,
+            dispatch if dispatcher is not None else None,
+        )
     except BaseException:
         jobs.delete_job(store, job.id)
         raise
     # A work-sized job records its mean task size: what `retry` cuts new tasks by.
     jobs.open_job(store, job.id, total, chunk_size=spec.chunk_size or -(-total // n_tasks))
-    if dispatcher is not None:
-        dispatcher.send(store, leases.queued_tasks(store, job_id=job.id))
+    if dispatcher is not None:  # anything a failed send left behind (normally nothing)
+        dispatcher.send(store, leases.tasks_to_send(store, older_than=utcnow(), job_id=job.id))
     return Submitted(job.id, total, n_tasks, created=True)
 
 
 def _load(
-    store: Store, job: Job, stream: Iterable[ParsedItem | LineProblem], spec: JobSpec, name: str
+    store: Store,
+    job: Job,
+    stream: Iterable[ParsedItem | LineProblem],
+    spec: JobSpec,
+    name: str,
+    dispatch: Callable[[list[int]], None] | None,
 ) -> tuple[int, int]:
+    """Store the input window by window. With `dispatch`, each stored window's tasks are
+    sent at once, so workers start while the rest of the input is read; the job stays
+    `submitting` (it cannot end) until every item is stored. A problem found later
+    stops those tasks and the whole job is rejected and removed."""
     problems: list[LineProblem] = []
     n_problems = 0
     window: list[ParsedItem] = []
@@ -232,16 +253,20 @@ def _load(
             )
             for it in window
         ]
-        jobs.add_chunk(store, job, next_idx, items, plan)
+        task_ids = jobs.add_chunk(store, job, next_idx, items, plan)
         next_idx += len(window)
         n_tasks += len(plan)
         window.clear()
+        if dispatch is not None:
+            dispatch(task_ids)
 
     for entry in stream:
         if isinstance(entry, LineProblem):
             n_problems += 1
             if len(problems) < MAX_LISTED_PROBLEMS:
                 problems.append(entry)
+            if n_problems == 1 and n_tasks and dispatch is not None:
+                jobs.stop_job(store, job.id)  # workers drop its tasks after a micro-batch
             window.clear()  # stop storing: the job will be rejected anyway
             continue
         if n_problems:

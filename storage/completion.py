@@ -23,7 +23,7 @@ from genqueue.storage import jobs
 from genqueue.storage.db import Store
 from genqueue.storage.leases import Claim, begin_in, finish_in
 from genqueue.storage.models import Job, TaskState
-from genqueue.storage.results import NewResult, count_duplicates, insert_rows
+from genqueue.storage.results import NewResult, count_duplicates, insert_rows, task_exists
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ def complete_task(
     """Write `results` (idempotently), finish the attempt, finalise the job if no task
     of it is open any more, and begin the attempt of `begin_next` (see begin_attempt)."""
     with store.session() as s:
+        if not task_exists(s, store.dialect, claim.task_id):
+            # Its job was rejected and removed while this task ran: nothing to keep.
+            began = begin_in(s, begin_next) if begin_next is not None else None
+            return Completed(0, 0, "gone", None, began)
         ins = insert_rows(s, store.dialect, claim, results)
         count_duplicates(s.connection(), claim.job_id, ins.duplicates)
         state = finish_in(

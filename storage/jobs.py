@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from genqueue.storage.errors import JobNotFound, StorageError
 from genqueue.storage.models import (
     FINAL_JOB_STATES,
     OPEN_TASK_STATES,
+    Attempt,
     Item,
     Job,
     JobState,
@@ -130,9 +132,10 @@ def find_by_idempotency_key(store: Store, key: str) -> str | None:
 
 def add_chunk(
     store: Store, job: Job, first_idx: int, items: Sequence[NewItem], tasks: Sequence[Sequence[int]]
-) -> None:
+) -> list[int]:
     """Insert a window of items and the tasks that group them, in one transaction.
-    `tasks` lists, per task, the positions (into `items`) of its items."""
+    `tasks` lists, per task, the positions (into `items`) of its items. Returns the new
+    task ids, in `tasks` order."""
     with store.session() as s:
         task_ids = list(
             s.scalars(
@@ -152,21 +155,43 @@ def add_chunk(
         for task_id, members in zip(task_ids, tasks, strict=True):
             for pos in members:
                 owner[pos] = task_id
-        s.execute(
-            insert(Item),
-            [
-                {
-                    "job_id": job.id,
-                    "idx": first_idx + pos,
-                    "line": it.line,
-                    "custom_id": clean_text(it.custom_id),
-                    "prompt": clean_text(it.prompt),
-                    "params": it.params,
-                    "task_id": owner[pos],
-                }
-                for pos, it in enumerate(items)
-            ],
-        )
+        conn = s.connection()
+        if store.dialect == "sqlite":
+            # Straight to the driver's executemany: values are plain already (params
+            # JSON-encoded here), and the ORM's per-row processing cost more than SQLite.
+            conn.exec_driver_sql(
+                "INSERT INTO items (job_id, idx, line, custom_id, prompt, params, task_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job.id,
+                        first_idx + pos,
+                        it.line,
+                        clean_text(it.custom_id),
+                        clean_text(it.prompt),
+                        json.dumps(it.params) if it.params is not None else None,
+                        owner[pos],
+                    )
+                    for pos, it in enumerate(items)
+                ],
+            )
+        else:
+            conn.execute(
+                insert(Item.__table__),
+                [
+                    {
+                        "job_id": job.id,
+                        "idx": first_idx + pos,
+                        "line": it.line,
+                        "custom_id": clean_text(it.custom_id),
+                        "prompt": clean_text(it.prompt),
+                        "params": it.params,
+                        "task_id": owner[pos],
+                    }
+                    for pos, it in enumerate(items)
+                ],
+            )
+    return task_ids
 
 
 def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tuple[str, list[int]]]:
@@ -197,23 +222,52 @@ def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tup
 
 def open_job(store: Store, job_id: str, total_items: int, *, chunk_size: int | None = None) -> None:
     """Make a fully loaded job visible to dispatch and the reconciler (recording the
-    task size it was planned with, when given)."""
+    task size it was planned with, when given). Workers may have started on its first
+    windows already: the job is then running, or even finished."""
     values: dict[str, Any] = {"state": JobState.QUEUED.value, "total_items": total_items}
     if chunk_size is not None:
         values["chunk_size"] = chunk_size
     with store.session() as s:
+        started = s.scalar(
+            select(func.min(Task.started_at)).where(
+                Task.job_id == job_id, Task.started_at.is_not(None)
+            )
+        )
+        if started is not None:
+            values.update(state=JobState.RUNNING.value, started_at=started)
         s.execute(update(Job).where(Job.id == job_id).values(**values))
         if store.dialect == "postgresql" and total_items >= 10_000:
             # Fresh statistics, so claims use the task index from the first task on
             # (autovacuum would catch up only later).
             s.execute(text("ANALYZE items"))
             s.execute(text("ANALYZE tasks"))
+        if started is not None:
+            finalize_in(s, job_id)  # its workers may have finished it during the load
+
+
+def stop_job(store: Store, job_id: str) -> None:
+    """Stop a job's work without ending it (a submission being rejected): claims are
+    refused and running tasks stop after their micro-batch."""
+    with store.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        s.execute(
+            update(Task)
+            .where(
+                Task.job_id == job_id,
+                Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
+            )
+            .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
+        )
 
 
 def delete_job(store: Store, job_id: str) -> None:
-    """Remove a job and everything under it (used when a submission is rejected)."""
+    """Remove a job and everything under it (used when a submission is rejected). A
+    worker still finishing one of its tasks finds the task gone and drops its results."""
+    stop_job(store, job_id)
     with store.session() as s:
-        for model in (Result, Item, Task):
+        # Tasks first: a worker finishing one holds its row, so this waits for it and
+        # then removes its results too (the other order could deadlock with it).
+        for model in (Task, Result, Item, Attempt):
             s.execute(delete(model).where(model.job_id == job_id))
         s.execute(delete(Job).where(Job.id == job_id))
 

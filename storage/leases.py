@@ -528,31 +528,29 @@ def recover_expired(store: Store, *, max_attempts: int, limit: int = 500) -> lis
 
 
 def tasks_to_send(
-    store: Store, *, older_than: datetime, limit: int = 5000
+    store: Store, *, older_than: datetime, limit: int = 5000, job_id: str | None = None
 ) -> list[tuple[int, str, int]]:
     """Tasks that should be on the broker but were never sent (pending or re-queued with
     no send time): (task id, queue, priority)."""
-    with store.read() as s:
-        rows = (
-            s.execute(
-                select(Task.id, Job.queue, Task.priority)
-                .join(Job, Job.id == Task.job_id)
-                .where(
-                    Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-                    Job.cancel_requested.is_(False),
-                    or_(
-                        Task.state == TaskState.PENDING.value,
-                        (Task.state == TaskState.QUEUED.value) & Task.enqueued_at.is_(None),
-                    ),
-                    Job.created_at < older_than,
-                )
-                .order_by(Task.priority.desc(), Task.id)
-                .limit(limit)
-            )
-            .tuples()
-            .all()
+    q = (
+        select(Task.id, Job.queue, Task.priority)
+        .join(Job, Job.id == Task.job_id)
+        .where(
+            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            Job.cancel_requested.is_(False),
+            or_(
+                Task.state == TaskState.PENDING.value,
+                (Task.state == TaskState.QUEUED.value) & Task.enqueued_at.is_(None),
+            ),
+            Job.created_at < older_than,
         )
-        return list(rows)
+        .order_by(Task.priority.desc(), Task.id)
+        .limit(limit)
+    )
+    if job_id is not None:
+        q = q.where(Task.job_id == job_id)
+    with store.read() as s:
+        return list(s.execute(q).tuples().all())
 
 
 def queued_tasks(

@@ -138,7 +138,11 @@ class Item(Base):
     custom_id: Mapped[str] = mapped_column(String(512))
     task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
-    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # overrides
+    # none_as_null: no overrides is SQL NULL, not the JSON text 'null' (nothing to encode
+    # on insert or to decode on every claim).
+    params: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )  # overrides
     # No attempts column: an item's attempts are its task lineage's (see isolate_poison).
 
     __table_args__ = (
@@ -154,7 +158,7 @@ class Result(Base):
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
-    outputs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    outputs: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)

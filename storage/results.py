@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from genqueue.storage.db import Store, utcnow
@@ -41,7 +40,18 @@ def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> t
     if not results:
         return 0, 0
     with store.session() as s:
+        if not task_exists(s, store.dialect, claim.task_id):
+            return 0, 0  # its job was rejected and removed meanwhile: nothing to keep
         return insert_results(s, store.dialect, claim, results)
+
+
+def task_exists(s: Session, dialect: str, task_id: int) -> bool:
+    """Whether the task still exists, locking its row (PostgreSQL) so that it cannot be
+    removed (a rejected submission) before this transaction commits."""
+    q = select(_T.c.id).where(_T.c.id == task_id)
+    if dialect == "postgresql":
+        q = q.with_for_update(key_share=True)
+    return s.connection().scalar(q) is not None
 
 
 _R, _T, _A, _J = (m.__table__ for m in (Result, Task, Attempt, Job))
@@ -74,6 +84,67 @@ _PG_INSERT = text(
     + ", ".join(name for name, _ in _PG_COLUMNS)
     + ") ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
 )
+
+
+_SQLITE_COLUMNS = (
+    "job_id",
+    "idx",
+    "status",
+    "output",
+    "outputs",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "error_code",
+    "error_message",
+    "truncated",
+    "task_id",
+    "attempt",
+    "worker",
+    "latency_ms",
+    "created_at",
+)
+#: Rows per INSERT statement (16 parameters each; SQLite allows 32766 per statement).
+_SQLITE_ROWS = 500
+
+
+def _sqlite_insert(conn: Any, rows: list[dict[str, Any]], now: Any) -> list[Any]:
+    """SQLite: multi-row INSERT ... RETURNING through the driver directly. The values
+    are plain Python ones already (the JSON column encoded here, the timestamp through
+    the column type once); going through the ORM's per-row parameter processing cost
+    more than SQLite's own work."""
+    created = _R.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    stamp = created(now) if created is not None else now
+    head = f"INSERT INTO results ({', '.join(_SQLITE_COLUMNS)}) VALUES "
+    tail = " ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
+    one = "(" + ", ".join("?" * len(_SQLITE_COLUMNS)) + ")"
+    out: list[Any] = []
+    for start in range(0, len(rows), _SQLITE_ROWS):
+        part = rows[start : start + _SQLITE_ROWS]
+        flat: list[Any] = []
+        for r in part:
+            outputs = r["outputs"]
+            flat += (
+                r["job_id"],
+                r["idx"],
+                r["status"],
+                r["output"],
+                json.dumps(outputs, ensure_ascii=False) if outputs is not None else None,
+                r["finish_reason"],
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                r["error_code"],
+                r["error_message"],
+                r["truncated"],
+                r["task_id"],
+                r["attempt"],
+                r["worker"],
+                r["latency_ms"],
+                stamp,
+            )
+        sql = head + ", ".join([one] * len(part)) + tail
+        out += conn.exec_driver_sql(sql, tuple(flat)).all()
+    return out
 
 
 def _pg_columns(rows: list[dict[str, Any]], now: Any) -> dict[str, Any]:
@@ -135,12 +206,7 @@ def insert_rows(s: Session, dialect: str, claim: Claim, results: Sequence[NewRes
     if dialect == "postgresql":
         inserted = conn.execute(_PG_INSERT, _pg_columns(rows, now)).all()
     else:
-        stmt = (
-            sqlite.insert(_R)
-            .on_conflict_do_nothing(index_elements=["job_id", "idx"])
-            .returning(_R.c.idx, _R.c.status)
-        )
-        inserted = conn.execute(stmt, rows).all()
+        inserted = _sqlite_insert(conn, rows, now)
     ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
     bad = len(inserted) - ok
     dups = len(rows) - len(inserted)

@@ -53,8 +53,13 @@ def generate_all(
     if rejected:
         yield rejected
     groups: dict[tuple[Any, ...], list[_Item]] = {}
+    keys: dict[int, tuple[Any, ...]] = {}  # items without overrides share one params object
     for item in items:
-        groups.setdefault(item.request.params.batch_key(), []).append(item)
+        params = item.request.params
+        key = keys.get(id(params))
+        if key is None:
+            key = keys[id(params)] = params.batch_key()
+        groups.setdefault(key, []).append(item)
     cap = max(1, policy.max_batch_size)  # lowered for good after an out-of-memory
     for group in groups.values():
         # Sorting by length keeps padding small: neighbours have similar lengths.
