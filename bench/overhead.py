@@ -157,7 +157,7 @@ def run(
     celery_messages: int = 5000,
     backends: tuple[str, ...] = ("embedded", "services"),
     profile: bool = False,
-    analyze: bool = True,
+    analyze: bool = False,
 ) -> common.Report:
     figs: list[dict[str, Any]] = []
     targets = {"embedded": ">= 20000", "services": ">= 10000"}
@@ -225,7 +225,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", default=["embedded", "services"])
     p.add_argument("--profile", action="store_true", help="py-spy the timed jobs (bench/out/)")
     p.add_argument(
-        "--no-analyze", action="store_true", help="skip the runs with ANALYZE after submit"
+        "--analyze",
+        action="store_true",
+        help="also run each backend with ANALYZE after the submit (planner statistics)",
     )
     return p.parse_args(argv)
 
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> common.Report:
         a.celery_messages,
         tuple(a.backends),
         a.profile,
-        not a.no_analyze,
+        a.analyze,
     )
     common.print_report(report)
     return report

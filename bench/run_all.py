@@ -38,13 +38,13 @@ def plan(quick: bool) -> dict[str, Callable[[], common.Report]]:
     if quick:
         return {
             "throughput": lambda: throughput.run(64, 16, models=("tiny-gpt2",), cold=False),
-            "overhead": lambda: overhead.run(10_000, (64, 512), celery_messages=1000),
+            "overhead": lambda: overhead.run(10_000, (None, 64), celery_messages=1000),
             "scale": lambda: scale.run(100_000),
             "scaling": lambda: scaling.run(128),
         }
     return {
         "throughput": lambda: throughput.run(256, 64),
-        "overhead": lambda: overhead.run(100_000, (64, 512)),
+        "overhead": lambda: overhead.run(100_000, (None, 64, 512)),
         "scale": lambda: scale.run(1_000_000),
         "scaling": lambda: scaling.run(512),
     }

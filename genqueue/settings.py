@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     #: How often the reconciler looks for expired leases, lost messages and finished jobs.
     reconcile_interval: float = Field(2.0, gt=0)
+    #: A submission that stored no items for this long was abandoned (its submitter
+    #: died mid-load): the reconciler removes the half-loaded job and its work.
+    submit_stall_seconds: float = Field(600.0, gt=0)
     #: A task not on the broker this long after its job was created is (re)sent.
     dispatch_grace_seconds: float = Field(10.0, ge=0)
     #: Items per task, for every job that does not set its own. Unset (the default):

@@ -4,7 +4,8 @@ Every few seconds it (1) re-queues tasks whose lease expired (a worker died), is
 poison items past the attempt cap; (2) sends tasks that were never sent (a submitter
 crashed between commit and enqueue, or a worker released a task); (3) rebuilds the
 queues when Redis lost its data; (4) expires jobs past their deadline; (5) finalises
-jobs with no open task. Running several reconcilers at once is safe, only wasteful.
+jobs with no open task; (6) removes submissions abandoned mid-load. Running several
+reconcilers at once is safe, only wasteful.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class TickReport:
     sent: int = 0
     rebuilt: int = 0
     expired_jobs: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
     finalized: dict[str, str] = field(default_factory=dict)
 
 
@@ -65,6 +67,16 @@ class Reconciler:
         report.sent += self.dispatcher.send(self.store, todo)
         report.sent += self._refill_empty_queues()
         self._expire_and_finalize(report)
+        silent_since = utcnow() - timedelta(seconds=s.submit_stall_seconds)
+        for job_id in jobs.abandoned_submissions(self.store, silent_since=silent_since):
+            log.warning(
+                "job %s: its submission stopped mid-load %.0fs ago (the submitter died?); "
+                "removing the half-loaded job",
+                job_id,
+                s.submit_stall_seconds,
+            )
+            jobs.delete_job(self.store, job_id)
+            report.abandoned.append(job_id)
         return report
 
     def _refill_empty_queues(self) -> int:

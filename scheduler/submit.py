@@ -198,9 +198,18 @@ def submit(
         return Submitted(created, view.job.total_items, 0, created=False)
     job = created
 
+    early = dispatcher is not None
+
     def dispatch(task_ids: list[int]) -> None:
+        nonlocal early
         assert dispatcher is not None
-        dispatcher.send(store, [(t, job.queue, job.priority) for t in task_ids])
+        if not early:
+            return
+        try:
+            dispatcher.send(store, [(t, job.queue, job.priority) for t in task_ids])
+        except Exception as exc:  # the broker is away: the rest goes when the job opens
+            early = False
+            log.warning("job %s: sending tasks while loading failed (%s)", job.id, exc)
 
     try:
         total, n_tasks = _load(
@@ -216,8 +225,12 @@ def submit(
         raise
     # A work-sized job records its mean task size: what `retry` cuts new tasks by.
     jobs.open_job(store, job.id, total, chunk_size=spec.chunk_size or -(-total // n_tasks))
-    if dispatcher is not None:  # anything a failed send left behind (normally nothing)
-        dispatcher.send(store, leases.tasks_to_send(store, older_than=utcnow(), job_id=job.id))
+    if dispatcher is not None:  # the last window (the whole job, when it fits in one)
+        try:
+            dispatcher.send(store, leases.tasks_to_send(store, older_than=utcnow(), job_id=job.id))
+        except Exception as exc:
+            # The job is stored and open: the reconciler sends what is left.
+            log.warning("job %s: sending its tasks failed (%s); the reconciler will", job.id, exc)
     return Submitted(job.id, total, n_tasks, created=True)
 
 
@@ -229,17 +242,18 @@ def _load(
     name: str,
     dispatch: Callable[[list[int]], None] | None,
 ) -> tuple[int, int]:
-    """Store the input window by window. With `dispatch`, each stored window's tasks are
-    sent at once, so workers start while the rest of the input is read; the job stays
-    `submitting` (it cannot end) until every item is stored. A problem found later
-    stops those tasks and the whole job is rejected and removed."""
+    """Store the input window by window. With `dispatch`, each full window's tasks are
+    sent once stored, so on a large input workers start while the rest is read; the
+    job stays `submitting` (it cannot end) until every item is stored. A problem found
+    later stops those tasks and the whole job is rejected and removed. The last window
+    (all of an input that fits in one) is sent only after the whole input was checked."""
     problems: list[LineProblem] = []
     n_problems = 0
     window: list[ParsedItem] = []
     next_idx = 0
     n_tasks = 0
 
-    def flush() -> None:
+    def flush(final: bool = False) -> None:
         nonlocal next_idx, n_tasks
         if not window:
             return
@@ -257,7 +271,7 @@ def _load(
         next_idx += len(window)
         n_tasks += len(plan)
         window.clear()
-        if dispatch is not None:
+        if dispatch is not None and not final:
             dispatch(task_ids)
 
     for entry in stream:
@@ -275,7 +289,7 @@ def _load(
         if len(window) >= spec.planning_window:
             flush()
     if not n_problems:
-        flush()
+        flush(final=True)
     if not n_problems:
         for cid, lines in jobs.duplicate_custom_ids(store, job.id):
             n_problems += 1

@@ -113,7 +113,8 @@ def create_job(store: Store, **fields: Any) -> Job | str:
         existing = find_by_idempotency_key(store, key)
         if existing:
             return existing
-    job = Job(id=new_job_id(), state=SUBMITTING, created_at=utcnow(), **fields)
+    now = utcnow()
+    job = Job(id=new_job_id(), state=SUBMITTING, created_at=now, loaded_at=now, **fields)
     try:
         with store.session() as s:
             s.add(job)
@@ -137,6 +138,7 @@ def add_chunk(
     `tasks` lists, per task, the positions (into `items`) of its items. Returns the new
     task ids, in `tasks` order."""
     with store.session() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(loaded_at=utcnow()))
         task_ids = list(
             s.scalars(
                 insert(Task).returning(Task.id, sort_by_parameter_order=True),
@@ -257,6 +259,15 @@ def stop_job(store: Store, job_id: str) -> None:
                 Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
             )
             .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
+        )
+
+
+def abandoned_submissions(store: Store, *, silent_since: datetime) -> list[str]:
+    """Jobs still being submitted whose submitter stored nothing since `silent_since`:
+    it died mid-load (the rest of the input is gone with it)."""
+    with store.read() as s:
+        return list(
+            s.scalars(select(Job.id).where(Job.state == SUBMITTING, Job.loaded_at < silent_since))
         )
 
 

@@ -101,6 +101,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
     deadline_at: Mapped[datetime | None] = _ts()
+    #: While submitting: when the submitter last stored a window of items. A submission
+    #: silent for long was abandoned (its submitter died) and is removed.
+    loaded_at: Mapped[datetime | None] = _ts()
 
 
 class Task(Base):

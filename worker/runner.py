@@ -407,13 +407,15 @@ class Pipeline:
                 if prev is not None:
                     self._finish(prev, None)
                 return
-            run.started.set()
             stopping = self.ctx.stop.is_set()  # shutting down: release it untouched
             start = None if run.claim.begun or stopping else run
             if prev is not None:  # complete it, and begin this one, in one commit
                 began = self._finish(prev, start)
             else:
                 began = self._begin(run) if start else None
+            # The Celery thread may fetch and claim the next task now: the previous one
+            # is committed, so at most this one and the next are held.
+            run.started.set()
             if stopping:
                 run.outcome = "stopped"
             elif began is False:

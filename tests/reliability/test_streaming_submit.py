@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -106,4 +110,62 @@ def test_a_problem_found_after_work_started_still_rejects_everything(
     # The worker never noticed more than a vanished task, and takes the next job.
     assert next(iter(c.worker_pids().values())) == pid
     job = c.submit(records(20))
+    assert c.wait(job, timeout=60)["state"] == "completed"
+
+
+KILLED_MID_LOAD = """
+import os, signal, sys
+from genqueue.client import Client
+from genqueue.params import GenerationParams
+from genqueue.scheduler.dispatch import Dispatcher
+from genqueue.scheduler.submit import JobSpec, submit
+
+real, calls = Dispatcher.send, []
+
+def send(self, store, tasks):
+    calls.append(1)
+    if len(calls) == 2:  # the first window's tasks are out; the submitter dies now
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, store, tasks)
+
+Dispatcher.send = send
+client = Client(sys.argv[1], sys.argv[2])
+spec = JobSpec(kind="generate", model=sys.argv[3], params=GenerationParams(max_new_tokens=4),
+               planning_window=32, min_tasks_per_window=2)
+with open(sys.argv[4], "rb") as src:
+    submit(client.store, client.dispatcher, src, spec, fmt="jsonl")
+"""
+
+
+def test_a_submission_abandoned_mid_load_is_removed(
+    db_url: str, make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """The submitter is SIGKILLed after its first window went out (workers are on it)
+    and before the rest of the input was stored. The half-loaded job can never be
+    completed; once it has been silent for `submit_stall_seconds` the reconciler
+    removes it and everything under it."""
+    c = make_cluster(db_url, submit_stall_seconds=2.0)
+    c.start_workers(1)
+    c.wait_workers_ready(1)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(lines(records(200))))
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_LOAD, db_url, c.settings.broker_url or "", MODEL, src],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert c.client.jobs() == []  # never visible: it was still being submitted
+
+    def rows() -> int:
+        with c.store.read() as s:
+            return sum(
+                int(s.scalar(select(func.count()).select_from(m)) or 0)
+                for m in (Job, Task, Item, Result, Attempt)
+            )
+
+    assert rows() > 0
+    wait_for("the abandoned submission to be removed", lambda: rows() == 0, 30)
+    job = c.submit(records(20))  # the worker carries on
     assert c.wait(job, timeout=60)["state"] == "completed"
