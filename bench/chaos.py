@@ -177,6 +177,16 @@ def analyse(store: Any, job_id: str, kills: list[Kill]) -> dict[str, Any]:
             continue
         lost_attempt = hit[0]
         nxt = [a for a in attempts if a.task_id == lost_attempt.task_id and a.id > lost_attempt.id]
+        if not nxt:
+            print(
+                f"[chaos] task {lost_attempt.task_id} after kill at {k.at}: "
+                + "; ".join(
+                    f"#{a.id} {a.worker} {a.outcome} began={a.began_at} end={a.finished_at}"
+                    for a in attempts
+                    if a.task_id == lost_attempt.task_id
+                ),
+                flush=True,
+            )
         per_kill.append(
             {
                 "worker": k.worker,
@@ -336,10 +346,14 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"    kill {i}: between tasks (nothing to recover)")
             continue
         reclaimed = k["kill_to_reclaimed_s"]
+        again = (
+            f"claimed again after {reclaimed:.2f} s by {k['reclaimed_by']}"
+            if reclaimed is not None
+            else "not claimed again"
+        )
         print(
             f"    kill {i}: task {k['task']}: requeued after {k['kill_to_requeued_s']:.2f} s, "
-            f"claimed again after {reclaimed:.2f} s by {k['reclaimed_by']} "
-            f"({k['items_saved_before_kill']} items were already stored)"
+            f"{again} ({k['items_saved_before_kill']} items were already stored)"
         )
     if mid:
         rq = sorted(k["kill_to_requeued_s"] for k in mid)
