@@ -251,15 +251,21 @@ def stop_job(store: Store, job_id: str) -> None:
     """Stop a job's work without ending it (a submission being rejected): claims are
     refused and running tasks stop after their micro-batch."""
     with store.session() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-        s.execute(
-            update(Task)
-            .where(
-                Task.job_id == job_id,
-                Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
-            )
-            .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
+        _stop_in(s, job_id)
+
+
+def _stop_in(s: Session, job_id: str) -> None:
+    """Ask the job to stop: tasks not yet running are cancelled; running ones see
+    `cancel_requested` and stop after their in-flight micro-batch."""
+    s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    s.execute(
+        update(Task)
+        .where(
+            Task.job_id == job_id,
+            Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
         )
+        .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
+    )
 
 
 def abandoned_submissions(store: Store, *, silent_since: datetime) -> list[str]:
@@ -347,15 +353,7 @@ def request_cancel(store: Store, job_id: str) -> bool:
         job = get_job(s, job_id)
         if job.state in FINAL_JOB_STATES:
             return False
-        job.cancel_requested = True
-        s.execute(
-            update(Task)
-            .where(
-                Task.job_id == job_id,
-                Task.state.in_([TaskState.PENDING.value, TaskState.QUEUED.value]),
-            )
-            .values(state=TaskState.CANCELLED.value, finished_at=utcnow())
-        )
+        _stop_in(s, job_id)
     finalize_job(store, job_id)
     return True
 
