@@ -177,16 +177,6 @@ def analyse(store: Any, job_id: str, kills: list[Kill]) -> dict[str, Any]:
             continue
         lost_attempt = hit[0]
         nxt = [a for a in attempts if a.task_id == lost_attempt.task_id and a.id > lost_attempt.id]
-        if not nxt:
-            print(
-                f"[chaos] task {lost_attempt.task_id} after kill at {k.at}: "
-                + "; ".join(
-                    f"#{a.id} {a.worker} {a.outcome} began={a.began_at} end={a.finished_at}"
-                    for a in attempts
-                    if a.task_id == lost_attempt.task_id
-                ),
-                flush=True,
-            )
         per_kill.append(
             {
                 "worker": k.worker,
@@ -349,7 +339,8 @@ def print_report(r: dict[str, Any]) -> None:
         again = (
             f"claimed again after {reclaimed:.2f} s by {k['reclaimed_by']}"
             if reclaimed is not None
-            else "not claimed again"
+            # Its attempt limit was reached: it was split, its items went on in two new tasks.
+            else "not claimed again (attempts used up: split in two)"
         )
         print(
             f"    kill {i}: task {k['task']}: requeued after {k['kill_to_requeued_s']:.2f} s, "

@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 #: Between micro-batches, a running task asks SQL whether it should stop (cancelled,
 #: expired, lease lost) at most this often.
 STOP_CHECK_SECONDS = 0.1
-#: Results of micro-batches that end sooner than this after the last write are gathered
-#: into one write (a crash loses at most this much work, which is redone).
-WRITE_INTERVAL_SECONDS = 0.5
 
 
 @dataclass
@@ -154,12 +151,16 @@ class _Heartbeat(threading.Thread):
 
 
 class _Writer(threading.Thread):
-    """Writes micro-batch results in the background, retrying transient DB errors."""
+    """Writes micro-batch results in the background, retrying transient DB errors.
+
+    Each write takes everything queued by then: results are stored as soon as the
+    writer is free, and micro-batches that end faster than a write commits share one
+    transaction."""
 
     def __init__(self, ctx: WorkerContext, claim: Claim) -> None:
         super().__init__(daemon=True, name=f"writer-{claim.task_id}")
         self.ctx, self.claim = ctx, claim
-        self.inbox: queue.Queue[Sequence[NewResult] | None] = queue.Queue(maxsize=4)
+        self.inbox: queue.Queue[Sequence[NewResult] | None] = queue.Queue(maxsize=64)
         self.written = self.duplicates = 0
         self.error: BaseException | None = None
 
@@ -177,7 +178,18 @@ class _Writer(threading.Thread):
             self.join()
 
     def run(self) -> None:
-        while (batch := self.inbox.get()) is not None:
+        closing = False
+        while not closing and (first := self.inbox.get()) is not None:
+            batch = list(first)
+            while True:  # and whatever else is already waiting
+                try:
+                    more = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.extend(more)
             if self.error is not None:
                 continue
             try:
@@ -288,9 +300,8 @@ def _should_stop(ctx: WorkerContext, run: _Running) -> bool:
 
 def generate(ctx: WorkerContext, run: _Running) -> None:
     """Generate every item (micro-batches, holding the model). A micro-batch's results
-    go to the writer thread when the next one ends; micro-batches quicker than
-    WRITE_INTERVAL_SECONDS are gathered into one write, and the last results wait for
-    `finish` (one commit with the end of the task). Raises what the engine raised,
+    go to the writer thread when the next one ends (see _Writer); the last ones wait
+    for `finish` (one commit with the end of the task). Raises what the engine raised,
     with the outcome recorded."""
     hb = run.hb
     try:
@@ -306,15 +317,13 @@ def generate(ctx: WorkerContext, run: _Running) -> None:
                     run.policy,
                     should_stop=lambda: _should_stop(ctx, run),
                 )
-                last_write = time.monotonic()
                 for batch in batches:
                     now = time.perf_counter()
                     per_item = (now - started) * 1000 / max(1, len(batch))
                     started = now
-                    if run.held and time.monotonic() - last_write >= WRITE_INTERVAL_SECONDS:
+                    if run.held:
                         run.writer.send(run.held)
-                        run.held, last_write = [], time.monotonic()
-                    run.held.extend(to_new_result(r, per_item) for r in batch)
+                    run.held = [to_new_result(r, per_item) for r in batch]
                     hb.batch_started = time.monotonic()
             finally:
                 hb.generating = False
