@@ -21,7 +21,7 @@ from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.settings import Settings
 from genqueue.storage import jobs, leases
 from genqueue.storage.db import Store, as_utc, utcnow
-from genqueue.storage.models import Job, JobState
+from genqueue.storage.models import SUBMITTING, Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Reconciler:
         with self.store.session() as sess:
             queues = sess.scalars(
                 select(Job.queue)
-                .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+                .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value, SUBMITTING]))
                 .distinct()
             ).all()
         sent = 0

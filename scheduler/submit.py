@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,6 +62,8 @@ class JobSpec:
     min_tasks_per_window: int = 16
 
 
+#: While reading a slow input, the submission tells the reconciler it is alive this often.
+TOUCH_SECONDS = 30.0
 #: Items per task at most when tasks are sized by work.
 MAX_AUTO_CHUNK = 1024
 #: Characters per token, for estimating a prompt's length without its tokenizer (the
@@ -274,7 +277,11 @@ def _load(
         if dispatch is not None and not final:
             dispatch(task_ids)
 
+    touched = time.monotonic()
     for entry in stream:
+        if time.monotonic() - touched > TOUCH_SECONDS:  # a slow input is not an abandoned one
+            jobs.touch_submission(store, job.id)
+            touched = time.monotonic()
         if isinstance(entry, LineProblem):
             n_problems += 1
             if len(problems) < MAX_LISTED_PROBLEMS:

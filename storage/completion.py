@@ -22,7 +22,7 @@ from sqlalchemy import select
 from genqueue.storage import jobs
 from genqueue.storage.db import Store
 from genqueue.storage.leases import Claim, begin_in, finish_in
-from genqueue.storage.models import Job, TaskState
+from genqueue.storage.models import Job, Task, TaskState
 from genqueue.storage.results import NewResult, count_duplicates, insert_rows, task_exists
 
 
@@ -49,6 +49,16 @@ def complete_task(
     """Write `results` (idempotently), finish the attempt, finalise the job if no task
     of it is open any more, and begin the attempt of `begin_next` (see begin_attempt)."""
     with store.session() as s:
+        if store.dialect == "postgresql" and begin_next is not None:
+            # Both task rows, in id order: a rejected submission's delete_job locks a
+            # job's tasks in the same order, so the two cannot deadlock.
+            ids = sorted({claim.task_id, begin_next.task_id})
+            s.connection().execute(
+                select(Task.__table__.c.id)
+                .where(Task.__table__.c.id.in_(ids))
+                .order_by(Task.__table__.c.id)
+                .with_for_update(key_share=True)
+            ).all()
         if not task_exists(s, store.dialect, claim.task_id):
             # Its job was rejected and removed while this task ran: nothing to keep.
             began = begin_in(s, begin_next) if begin_next is not None else None

@@ -18,6 +18,7 @@ from genqueue.storage.errors import JobNotFound, StorageError
 from genqueue.storage.models import (
     FINAL_JOB_STATES,
     OPEN_TASK_STATES,
+    SUBMITTING,
     Attempt,
     Item,
     Job,
@@ -28,9 +29,6 @@ from genqueue.storage.models import (
     TaskState,
 )
 from genqueue.storage.text import clean_text
-
-#: Internal state while a submission is still loading items; never dispatched or finalised.
-SUBMITTING = "submitting"
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def add_chunk(
     `tasks` lists, per task, the positions (into `items`) of its items. Returns the new
     task ids, in `tasks` order."""
     with store.session() as s:
-        s.execute(update(Job).where(Job.id == job.id).values(loaded_at=utcnow()))
+        _touch(s, job.id)
         task_ids = list(
             s.scalars(
                 insert(Task).returning(Task.id, sort_by_parameter_order=True),
@@ -230,6 +228,7 @@ def open_job(store: Store, job_id: str, total_items: int, *, chunk_size: int | N
     if chunk_size is not None:
         values["chunk_size"] = chunk_size
     with store.session() as s:
+        _touch(s, job_id)  # still there (not taken for abandoned)
         started = s.scalar(
             select(func.min(Task.started_at)).where(
                 Task.job_id == job_id, Task.started_at.is_not(None)
@@ -268,6 +267,27 @@ def _stop_in(s: Session, job_id: str) -> None:
     )
 
 
+def _touch(s: Session, job_id: str) -> None:
+    jobs_t = Job.__table__
+    res = s.connection().execute(
+        update(jobs_t)
+        .where(jobs_t.c.id == job_id, jobs_t.c.state == SUBMITTING)
+        .values(loaded_at=utcnow())
+    )
+    if not res.rowcount:
+        raise StorageError(
+            f"job {job_id} was removed while it was being submitted: nothing was stored "
+            "for longer than GENQUEUE_SUBMIT_STALL_SECONDS, so the reconciler took the "
+            "submission for abandoned. Submit again (raise that setting for slow inputs)."
+        )
+
+
+def touch_submission(store: Store, job_id: str) -> None:
+    """Tell the reconciler a submission is alive while it reads a slow input."""
+    with store.session() as s:
+        _touch(s, job_id)
+
+
 def abandoned_submissions(store: Store, *, silent_since: datetime) -> list[str]:
     """Jobs still being submitted whose submitter stored nothing since `silent_since`:
     it died mid-load (the rest of the input is gone with it)."""
@@ -282,8 +302,12 @@ def delete_job(store: Store, job_id: str) -> None:
     worker still finishing one of its tasks finds the task gone and drops its results."""
     stop_job(store, job_id)
     with store.session() as s:
-        # Tasks first: a worker finishing one holds its row, so this waits for it and
-        # then removes its results too (the other order could deadlock with it).
+        # Tasks first, locked in id order (as a finishing worker locks its own and its
+        # next task): it waits for a worker finishing one, then removes its results too.
+        if store.dialect == "postgresql":
+            s.execute(
+                select(Task.id).where(Task.job_id == job_id).order_by(Task.id).with_for_update()
+            ).all()
         for model in (Task, Result, Item, Attempt):
             s.execute(delete(model).where(model.job_id == job_id))
         s.execute(delete(Job).where(Job.id == job_id))
@@ -353,6 +377,11 @@ def request_cancel(store: Store, job_id: str) -> bool:
         job = get_job(s, job_id)
         if job.state in FINAL_JOB_STATES:
             return False
+        if job.state == SUBMITTING:
+            raise StorageError(
+                f"job {job_id} is still being submitted; cancel it once its submission "
+                "has finished (windows stored after a cancel would never run or end)"
+            )
         _stop_in(s, job_id)
     finalize_job(store, job_id)
     return True

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from genqueue.storage.db import Store, as_utc, utcnow
 from genqueue.storage.models import (
     FINAL_JOB_STATES,
+    SUBMITTING,
     Attempt,
     Item,
     Job,
@@ -141,6 +142,7 @@ def claim_task(
                 _T.c.attempts,
                 _T.c.n_succeeded,
                 _T.c.n_failed,
+                _T.c.parent_id,
                 _J.c.state.label("job_state"),
                 _J.c.cancel_requested,
                 _J.c.params,
@@ -175,7 +177,10 @@ def claim_task(
             assert task is not None
             new = isolate_poison(s, task, "the task reached its attempt limit")
             return ClaimRefused("split" if new else "failed", tuple(new), job_id)
-        items = _missing(conn, store.dialect, task_id, job_id, row.n_succeeded + row.n_failed)
+        # A task split from another may have results written under its parent's id (a
+        # late worker of the parent): read them. Otherwise its own counters tell.
+        known = row.n_succeeded + row.n_failed + (1 if row.parent_id is not None else 0)
+        items = _missing(conn, store.dialect, task_id, job_id, known)
         token = uuid.uuid4().hex
         attempt = row.attempts + 1
         conn.execute(
@@ -235,6 +240,11 @@ def begin_attempt(store: Store, claim: Claim) -> bool:
 def begin_in(s: Session, claim: Claim) -> bool:
     """`begin_attempt` inside the caller's transaction."""
     conn = s.connection()
+    began = conn.execute(
+        update(_A)
+        .where(_A.c.id == claim.attempt_id, _A.c.began_at.is_(None))
+        .values(began_at=utcnow())
+    )
     res = conn.execute(
         update(_T)
         .where(
@@ -242,12 +252,10 @@ def begin_in(s: Session, claim: Claim) -> bool:
             _T.c.lease_token == claim.token,
             _T.c.state == TaskState.RUNNING.value,
         )
-        .values(attempts=_T.c.attempts + 1)
+        # Counted once, even when a retried transaction runs this again.
+        .values(attempts=_T.c.attempts + (1 if began.rowcount else 0))
     )
-    if not res.rowcount:
-        return False
-    conn.execute(update(_A).where(_A.c.id == claim.attempt_id).values(began_at=utcnow()))
-    return True
+    return bool(res.rowcount)
 
 
 def _aware(value: datetime) -> datetime:
@@ -379,9 +387,13 @@ def finish_in(
         if ok or bad:
             conn.execute(update(_T).where(_T.c.id == claim.task_id).values(**counters))
         return str(row.state)  # lease lost meanwhile: the new holder decides
-    # The task's counters count every result row of its items (they are updated in the
-    # transactions that insert the rows, this one included), so no result is read here.
+    # The task's counters count the result rows written under this task (in the
+    # transactions that insert them, this one included): when they say all are there,
+    # nothing is read. When they do not, the rows are checked, because a worker that lost
+    # the lease of the task this one was split from may have written some of its items.
     missing_items = row.n_items - (row.n_succeeded + ok) - (row.n_failed + bad)
+    if missing_items > 0:
+        missing_items = len(_missing(conn, dialect, claim.task_id, claim.job_id, missing_items))
     job_values: dict[str, Any] = {}
     if engine and row.engine != engine:
         job_values["engine"] = engine
@@ -568,7 +580,8 @@ def queued_tasks(
             .join(Job, Job.id == Task.job_id)
             .where(
                 Task.state.in_([TaskState.QUEUED.value, TaskState.PENDING.value]),
-                Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                # Submitting: a large input's first windows are out already.
+                Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value, SUBMITTING]),
                 Job.cancel_requested.is_(False),
             )
             .order_by(Task.priority.desc(), Task.id)

@@ -64,6 +64,9 @@ class ResultStatus(enum.StrEnum):
 
 
 FINAL_JOB_STATES = tuple(s.value for s in JobState if s.final)
+#: A job's internal state while its input is still being stored: never finalised, never
+#: listed; a large input's first windows may already be at work.
+SUBMITTING = "submitting"
 OPEN_TASK_STATES = (TaskState.PENDING.value, TaskState.QUEUED.value, TaskState.RUNNING.value)
 
 

@@ -363,7 +363,10 @@ def finish(ctx: WorkerContext, run: _Running, begin_next: _Running | None = None
         run.hb.done.set()
         run.hb.join(timeout=5)
     if done.task_state == "queued" and ctx.send_tasks:
-        ctx.send_tasks([claim.task_id])  # released early: let another worker continue it
+        try:
+            ctx.send_tasks([claim.task_id])  # released early: let another worker continue it
+        except Exception as exc:  # committed already; the reconciler sends it later
+            log.warning("task %s: re-sending it failed: %s", claim.task_id, exc)
     return done.began_next
 
 
@@ -400,6 +403,16 @@ class Pipeline:
         return "accepted"
 
     def _loop(self) -> None:
+        try:
+            self._run_loop()
+        except BaseException:
+            # Nothing would generate or finish this worker's tasks any more: exit, so
+            # their leases expire and the supervisor starts a fresh process.
+            log.critical("the model thread failed; exiting", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    def _run_loop(self) -> None:
         prev: _Running | None = None  # generated, not yet completed
         while True:
             if prev is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from genqueue.storage import jobs, leases
 from genqueue.storage.completion import complete_task
 from genqueue.storage.db import Store
+from genqueue.storage.errors import StorageError
 from genqueue.storage.models import Attempt, Base, Job, ResultStatus, Task
 from genqueue.storage.results import NewResult, iter_results, write_results
 
@@ -342,3 +344,58 @@ def test_a_held_task_is_charged_an_attempt_only_when_its_work_begins(store: Stor
         (None, True),
     ]
     assert complete_task(store, held, [ok(2), ok(3)], outcome="done").job_state == "completed"
+
+
+def test_a_split_task_sees_results_its_parent_s_late_worker_wrote(store: Store) -> None:
+    """A worker loses the lease of a task that is then split (its attempts ran out),
+    but finishes its micro-batch late and writes results under the old task. The new
+    tasks must not generate those items again."""
+    job = make_job(store, n=4, chunk=4)
+    (tid,) = task_ids(store, job.id)
+    late = leases.claim_task(store, tid, "slow", lease_seconds=0.05, max_attempts=1)
+    assert isinstance(late, leases.Claim)
+    time.sleep(0.1)
+    halves = leases.recover_expired(store, max_attempts=1)
+    assert len(halves) == 2  # split: the task used its only attempt
+    assert write_results(store, late, [ok(i) for i in range(4)]) == (4, 0)  # the late write
+    for half in halves:
+        claim = leases.claim_task(store, half, "w", lease_seconds=30, max_attempts=1)
+        assert isinstance(claim, leases.Claim)
+        assert claim.items == []  # nothing left to generate
+        assert complete_task(store, claim, [], outcome="done").task_state == "done"
+    view = jobs.view_job(store, job.id)
+    assert view.job.state == "completed" and view.counts.succeeded == 4
+    assert view.job.duplicate_executions == 0
+
+
+def test_starting_a_held_attempt_twice_counts_it_once(store: Store) -> None:
+    job = make_job(store, n=2, chunk=2)
+    (tid,) = task_ids(store, job.id)
+    held = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3, begin=False)
+    assert isinstance(held, leases.Claim)
+    assert leases.begin_attempt(store, held) and leases.begin_attempt(store, held)  # a retry
+    with store.read() as s:
+        assert s.scalar(select(Task.attempts).where(Task.id == tid)) == 1
+
+
+def test_a_job_being_submitted_cannot_be_cancelled_or_written_once_removed(
+    store: Store,
+) -> None:
+    job = jobs.create_job(
+        store,
+        kind="generate",
+        model="m",
+        queue="q",
+        params={},
+        chunk_size=2,
+        priority=5,
+        meta={},
+        options={},
+    )
+    assert isinstance(job, Job)
+    with pytest.raises(StorageError, match="still being submitted"):
+        jobs.request_cancel(store, job.id)
+    jobs.delete_job(store, job.id)  # what the reconciler does to an abandoned submission
+    items = [jobs.NewItem(line=1, custom_id="c0", prompt="p0")]
+    with pytest.raises(StorageError, match="removed while it was being submitted"):
+        jobs.add_chunk(store, job, 0, items, [[0]])
