@@ -507,11 +507,18 @@ def recover_expired(store: Store, *, max_attempts: int, limit: int = 500) -> lis
     now = utcnow()
     to_send: list[int] = []
     with store.session() as s:
-        expired = s.scalars(
+        q = (
             select(Task)
             .where(Task.state == TaskState.RUNNING.value, Task.lease_expires_at < now)
+            .order_by(Task.id)
             .limit(limit)
-        ).all()
+        )
+        if store.dialect == "postgresql":
+            # Lock what is recovered, in id order, and leave alone a task a worker is
+            # finishing right now (its row is locked): re-queueing it would undo its
+            # `done`, and a second reconciler would split a poison task twice.
+            q = q.with_for_update(skip_locked=True)
+        expired = s.scalars(q).all()
         for task in expired:
             job = s.get(Job, task.job_id)
             if job is None or job.cancel_requested or job.state in FINAL_JOB_STATES:
