@@ -100,19 +100,6 @@ def with_results(conn: Any, job_id: str, idxs: list[int]) -> set[int]:
     return set(conn.scalars(select(_R.c.idx).where(_R.c.job_id == job_id, _R.c.idx == any_(arr))))
 
 
-def _missing_items(s: Session, task_id: int, job_id: str) -> list[Item]:
-    has_result = exists().where(Result.job_id == Item.job_id, Result.idx == Item.idx)
-    return list(
-        s.scalars(
-            select(Item)
-            # task_id alone (it is unique across jobs) so the planner takes ix_items_task, not
-            # the (job_id, idx) key, which would walk every item of the job per claim.
-            .where(Item.task_id == task_id, ~has_result)
-            .order_by(Item.idx)
-        )
-    )
-
-
 def claim_task(
     store: Store,
     task_id: int,
@@ -426,7 +413,8 @@ def finish_in(
 def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
     """A task that exhausted its attempts: split its remaining items in two new tasks
     (each starts with fresh attempts), or, for a single item, fail that item."""
-    items = _missing_items(s, task.id, task.job_id)
+    conn = s.connection()
+    items = _missing(conn, conn.dialect.name, task.id, task.job_id, with_result=1)  # read rows
     now = utcnow()
     task.lease_owner = task.lease_token = None
     task.lease_expires_at = None
@@ -459,14 +447,13 @@ def isolate_poison(s: Session, task: Task, why: str) -> list[int]:
         task.n_items -= len(items)
         return new_ids
     task.state = TaskState.DONE.value
-    lineage = _lineage_attempts(s, task)
+    tries = _lineage_attempts(s, task)
     for item in items:
-        tries = lineage
         s.execute(
             insert(Result),
             [
                 {
-                    "job_id": item.job_id,
+                    "job_id": task.job_id,
                     "idx": item.idx,
                     "task_id": task.id,
                     "status": ResultStatus.FAILED.value,

@@ -57,14 +57,13 @@ def task_exists(s: Session, dialect: str, task_id: int) -> bool:
 _R, _T, _A, _J = (m.__table__ for m in (Result, Task, Attempt, Job))
 
 
-#: PostgreSQL: one INSERT over arrays, one per column. Its text never changes with the
-#: number of rows, so the driver parses it once; a multi-row VALUES statement is a new,
-#: long query text for every batch size, and parsing it cost more than the insert.
-_PG_COLUMNS = (
+#: A result row's own values, in this order; job_id, task_id, attempt, worker and
+#: created_at are the same for every row of a write and are bound once.
+_ROW_COLUMNS = (
     ("idx", "int"),
     ("status", "text"),
     ("output", "text"),
-    ("outputs", "text"),
+    ("outputs", "text"),  # JSON text (or NULL), cast to json by PostgreSQL
     ("finish_reason", "text"),
     ("prompt_tokens", "int"),
     ("completion_tokens", "int"),
@@ -73,98 +72,73 @@ _PG_COLUMNS = (
     ("truncated", "bool"),
     ("latency_ms", "float8"),
 )
+_SHARED_COLUMNS = ("job_id", "task_id", "attempt", "worker", "created_at")
+_INSERT_HEAD = (
+    f"INSERT INTO results ({', '.join(_SHARED_COLUMNS)}, "
+    + ", ".join(name for name, _ in _ROW_COLUMNS)
+    + ") "
+)
+_ON_CONFLICT = " ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
+#: PostgreSQL: one INSERT over arrays, one per column. Its text never changes with the
+#: number of rows, so the driver parses it once; a multi-row VALUES statement is a new,
+#: long query text for every batch size, and parsing it cost more than the insert.
 _PG_INSERT = text(
-    "INSERT INTO results (job_id, task_id, attempt, worker, created_at, "
-    + ", ".join(name for name, _ in _PG_COLUMNS)
-    + ") SELECT :job_id, :task_id, :attempt, :worker, :created_at, "
-    + ", ".join(f"u.{name}::json" if name == "outputs" else f"u.{name}" for name, _ in _PG_COLUMNS)
+    _INSERT_HEAD
+    + "SELECT "
+    + ", ".join(f":{name}" for name in _SHARED_COLUMNS)
+    + ", "
+    + ", ".join(f"u.{name}::json" if name == "outputs" else f"u.{name}" for name, _ in _ROW_COLUMNS)
     + " FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {typ}[])" for name, typ in _PG_COLUMNS)
+    + ", ".join(f"CAST(:{name} AS {typ}[])" for name, typ in _ROW_COLUMNS)
     + ") AS u("
-    + ", ".join(name for name, _ in _PG_COLUMNS)
-    + ") ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
+    + ", ".join(name for name, _ in _ROW_COLUMNS)
+    + ")"
+    + _ON_CONFLICT
 )
-
-
-_SQLITE_COLUMNS = (
-    "job_id",
-    "idx",
-    "status",
-    "output",
-    "outputs",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "error_code",
-    "error_message",
-    "truncated",
-    "task_id",
-    "attempt",
-    "worker",
-    "latency_ms",
-    "created_at",
-)
-#: Rows per INSERT statement (16 parameters each; SQLite allows 32766 per statement).
+#: SQLite: rows per multi-row INSERT (16 parameters each; it allows 32766 per statement).
 _SQLITE_ROWS = 500
 
 
-def _sqlite_insert(conn: Any, rows: list[dict[str, Any]], now: Any) -> list[Any]:
-    """SQLite: multi-row INSERT ... RETURNING through the driver directly. The values
-    are plain Python ones already (the JSON column encoded here, the timestamp through
-    the column type once); going through the ORM's per-row parameter processing cost
-    more than SQLite's own work."""
+def _row_values(r: NewResult) -> tuple[Any, ...]:
+    """A result's own values in _ROW_COLUMNS order, ready for the driver."""
+    outputs = [clean_text(o) for o in r.outputs] if r.outputs is not None else None
+    return (
+        r.idx,
+        r.status.value,
+        clean_text(r.output),
+        json.dumps(outputs, ensure_ascii=False) if outputs is not None else None,
+        r.finish_reason,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.error_code,
+        clean_text(r.error_message),
+        r.truncated,
+        r.latency_ms,
+    )
+
+
+def _insert(
+    conn: Any, dialect: str, shared: tuple[Any, ...], rows: list[tuple[Any, ...]]
+) -> list[Any]:
+    """Insert rows (first writer wins); returns (idx, status) of the inserted ones. Values
+    go to the driver as they are: the ORM's per-row parameter processing cost more than
+    the database's own work."""
+    if dialect == "postgresql":
+        params = dict(zip(_SHARED_COLUMNS, shared, strict=True))
+        for i, (name, _) in enumerate(_ROW_COLUMNS):
+            params[name] = [row[i] for row in rows]
+        return list(conn.execute(_PG_INSERT, params).all())
     created = _R.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    stamp = created(now) if created is not None else now
-    head = f"INSERT INTO results ({', '.join(_SQLITE_COLUMNS)}) VALUES "
-    tail = " ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
-    one = "(" + ", ".join("?" * len(_SQLITE_COLUMNS)) + ")"
+    if created is not None:  # SQLite stores the timestamp as the column type writes it
+        shared = (*shared[:-1], created(shared[-1]))
+    one = "(" + ", ".join("?" * (len(_SHARED_COLUMNS) + len(_ROW_COLUMNS))) + ")"
     out: list[Any] = []
     for start in range(0, len(rows), _SQLITE_ROWS):
         part = rows[start : start + _SQLITE_ROWS]
-        flat: list[Any] = []
-        for r in part:
-            outputs = r["outputs"]
-            flat += (
-                r["job_id"],
-                r["idx"],
-                r["status"],
-                r["output"],
-                json.dumps(outputs, ensure_ascii=False) if outputs is not None else None,
-                r["finish_reason"],
-                r["prompt_tokens"],
-                r["completion_tokens"],
-                r["error_code"],
-                r["error_message"],
-                r["truncated"],
-                r["task_id"],
-                r["attempt"],
-                r["worker"],
-                r["latency_ms"],
-                stamp,
-            )
-        sql = head + ", ".join([one] * len(part)) + tail
+        flat = [v for row in part for v in (*shared, *row)]
+        sql = _INSERT_HEAD + "VALUES " + ", ".join([one] * len(part)) + _ON_CONFLICT
         out += conn.exec_driver_sql(sql, tuple(flat)).all()
     return out
-
-
-def _pg_columns(rows: list[dict[str, Any]], now: Any) -> dict[str, Any]:
-    first = rows[0]
-    params: dict[str, Any] = {
-        "job_id": first["job_id"],
-        "task_id": first["task_id"],
-        "attempt": first["attempt"],
-        "worker": first["worker"],
-        "created_at": now,
-    }
-    for name, _ in _PG_COLUMNS:
-        if name == "outputs":
-            params[name] = [
-                json.dumps(r[name], ensure_ascii=False) if r[name] is not None else None
-                for r in rows
-            ]
-        else:
-            params[name] = [r[name] for r in rows]
-    return params
 
 
 @dataclass(frozen=True)
@@ -179,37 +153,12 @@ def insert_rows(s: Session, dialect: str, claim: Claim, results: Sequence[NewRes
     """Insert result rows (first writer wins) without touching any counter."""
     if not results:
         return Inserted(0, 0, 0, 0)
-    now = utcnow()
-    job_id, task_id, attempt, worker = claim.job_id, claim.task_id, claim.attempt, claim.worker
-    rows = [
-        {
-            "job_id": job_id,
-            "idx": r.idx,
-            "status": r.status.value,
-            "output": clean_text(r.output),
-            "outputs": [clean_text(o) for o in r.outputs] if r.outputs is not None else None,
-            "finish_reason": r.finish_reason,
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "error_code": r.error_code,
-            "error_message": clean_text(r.error_message),
-            "truncated": r.truncated,
-            "task_id": task_id,
-            "attempt": attempt,
-            "worker": worker,
-            "latency_ms": r.latency_ms,
-            "created_at": now,
-        }
-        for r in results
-    ]
-    conn = s.connection()
-    if dialect == "postgresql":
-        inserted = conn.execute(_PG_INSERT, _pg_columns(rows, now)).all()
-    else:
-        inserted = _sqlite_insert(conn, rows, now)
+    job_id, conn = claim.job_id, s.connection()
+    shared = (job_id, claim.task_id, claim.attempt, claim.worker, utcnow())
+    inserted = _insert(conn, dialect, shared, [_row_values(r) for r in results])
     ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
     bad = len(inserted) - ok
-    dups = len(rows) - len(inserted)
+    dups = len(results) - len(inserted)
     if dups:
         # A conflict with a `cancelled`/`expired` row is not a second execution:
         # the job ended (a deadline) while this micro-batch ran, and its result is

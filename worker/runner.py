@@ -7,10 +7,10 @@ SQL. The last micro-batch, the end of the attempt and (for a job's last task) th
 final state commit in one transaction. Results are written idempotently, so a task run
 twice stores each item once.
 
-A worker process may run two tasks at once (the prefetched one): both claim, read and
-write SQL freely, but only the holder of `model_lock` generates. So the next task's
-claim and prompt preparation, and the previous task's last writes, overlap with
-generation instead of leaving the model idle between tasks.
+A worker process with prefetch runs tasks through a `Pipeline`: its Celery thread claims
+and prepares the next task while one model thread generates, so the model does not
+wait for SQL between tasks. Only that thread (or `run_task`, without prefetch) ever
+calls the engine.
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ class WorkerContext:
     send_tasks: Callable[[list[int]], None] | None = None
     #: Set on graceful shutdown: the task stops after its in-flight micro-batch.
     stop: threading.Event = field(default_factory=threading.Event)
-    #: Held while generating: tasks running side by side share the model one at a time.
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def item_seed(job_seed: int | None, item_params: dict[str, object] | None, idx: int) -> int | None:
@@ -218,7 +216,7 @@ class _Running:
     outcome: str = "done"
     error: str | None = None
     held: list[NewResult] = field(default_factory=list)  # last micro-batch: written at finish
-    #: Set when the model thread starts generating this task (see Pipeline.run).
+    #: Set when the model thread takes this task (see Pipeline._run_loop).
     started: threading.Event = field(default_factory=threading.Event)
 
 
@@ -305,28 +303,26 @@ def generate(ctx: WorkerContext, run: _Running) -> None:
     with the outcome recorded."""
     hb = run.hb
     try:
-        with ctx.model_lock:
-            run.started.set()
-            started = time.perf_counter()
-            hb.batch_started = time.monotonic()
-            hb.generating = True
-            try:
-                batches = generate_all(
-                    ctx.engine,
-                    run.requests,
-                    run.policy,
-                    should_stop=lambda: _should_stop(ctx, run),
-                )
-                for batch in batches:
-                    now = time.perf_counter()
-                    per_item = (now - started) * 1000 / max(1, len(batch))
-                    started = now
-                    if run.held:
-                        run.writer.send(run.held)
-                    run.held = [to_new_result(r, per_item) for r in batch]
-                    hb.batch_started = time.monotonic()
-            finally:
-                hb.generating = False
+        started = time.perf_counter()
+        hb.batch_started = time.monotonic()
+        hb.generating = True
+        try:
+            batches = generate_all(
+                ctx.engine,
+                run.requests,
+                run.policy,
+                should_stop=lambda: _should_stop(ctx, run),
+            )
+            for batch in batches:
+                now = time.perf_counter()
+                per_item = (now - started) * 1000 / max(1, len(batch))
+                started = now
+                if run.held:
+                    run.writer.send(run.held)
+                run.held = [to_new_result(r, per_item) for r in batch]
+                hb.batch_started = time.monotonic()
+        finally:
+            hb.generating = False
         if _should_stop(ctx, run):
             run.outcome = "stopped"
     except BaseException as exc:

@@ -18,7 +18,8 @@ from genqueue.storage.models import Attempt, Base, Job, ResultStatus, Task
 from genqueue.storage.results import NewResult, iter_results, write_results
 
 
-def make_job(store: Store, n: int = 10, chunk: int = 4, **fields: Any) -> Job:
+def new_job(store: Store, chunk: int = 4, **fields: Any) -> Job:
+    """A job still being submitted (no items yet)."""
     job = jobs.create_job(
         store,
         kind="generate",
@@ -32,6 +33,11 @@ def make_job(store: Store, n: int = 10, chunk: int = 4, **fields: Any) -> Job:
         **fields,
     )
     assert isinstance(job, Job)
+    return job
+
+
+def make_job(store: Store, n: int = 10, chunk: int = 4, **fields: Any) -> Job:
+    job = new_job(store, chunk, **fields)
     items = [jobs.NewItem(line=i + 1, custom_id=f"c{i}", prompt=f"p{i}") for i in range(n)]
     plan = [list(range(i, min(n, i + chunk))) for i in range(0, n, chunk)]
     jobs.add_chunk(store, job, 0, items, plan)
@@ -381,18 +387,7 @@ def test_starting_a_held_attempt_twice_counts_it_once(store: Store) -> None:
 def test_a_job_being_submitted_cannot_be_cancelled_or_written_once_removed(
     store: Store,
 ) -> None:
-    job = jobs.create_job(
-        store,
-        kind="generate",
-        model="m",
-        queue="q",
-        params={},
-        chunk_size=2,
-        priority=5,
-        meta={},
-        options={},
-    )
-    assert isinstance(job, Job)
+    job = new_job(store, chunk=2)
     with pytest.raises(StorageError, match="still being submitted"):
         jobs.request_cancel(store, job.id)
     jobs.delete_job(store, job.id)  # what the reconciler does to an abandoned submission
