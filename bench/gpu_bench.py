@@ -91,11 +91,14 @@ def engine(name: str, model_dir: Path) -> None:
 
     from genqueue.params import GenerationParams
     from genqueue.worker.engines import GenRequest, load_engine
+    from genqueue.workeropts import WorkerOptions
 
     step = f"engine-{name}"
     t0 = time.perf_counter()
     try:
-        eng = load_engine(name, str(model_dir), device="cuda", dtype="bfloat16")
+        eng = load_engine(
+            WorkerOptions(model=str(model_dir), engine=name, device="cuda", dtype="bfloat16")
+        )
     except BaseException as exc:  # report and let the script continue
         emit(step, {"ok": False, "stage": "load", "error": f"{type(exc).__name__}: {exc}"[:2000]})
         raise

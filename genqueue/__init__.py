@@ -1,7 +1,9 @@
 """genqueue: a distributed job queue for batch text generation.
 
-This package is the public face (CLI, Python client, settings). It stays light to import:
-the scheduler, storage and worker subpackages are imported lazily where needed.
+The modules of this package are the shared contract every room imports (errors, params,
+settings, protocol, broker, formats, the result line, worker options); they import no
+room. The rooms install as subpackages: genqueue.storage, .scheduler and .worker (the
+services), genqueue.client and .cli (the entry points). See docs/architecture.md.
 """
 
 __version__ = "0.1.0"

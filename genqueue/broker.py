@@ -1,7 +1,8 @@
 """The Celery configuration both sides share: at-least-once delivery, JSON only, ids only.
 
 Messages carry a task id and nothing else (text lives in SQL). The SQL lease is the real
-clock for redelivery (see ARCHITECTURE.md §2); Redis' visibility timeout is a far backstop.
+clock for redelivery (docs/architecture.md, "Delivery semantics"); Redis' visibility
+timeout is a far backstop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The root of every error genqueue raises on purpose.
 
-Each subpackage has its own sub-root (`StorageError`, `SubmissionError`, `WorkerError`)
-so callers can catch one family; the CLI and HTTP layers map them to messages/exits.
+Each package has its own root below it (`StorageError`, `SchedulerError`, `WorkerError`,
+`CliError`), with sub-roots that name a kind of failure, so callers can catch one
+family; the CLI prints any of them as one line (docs/architecture.md, "Errors").
 """
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 #: Hard ceiling for max_new_tokens when the model's own limit is unknown at submission.
 MAX_NEW_TOKENS_CEILING = 32768
@@ -29,18 +30,31 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS_CEILING)
-    min_new_tokens: int = Field(0, ge=0, le=MAX_NEW_TOKENS_CEILING)
-    temperature: float = Field(1.0, gt=0.0, le=100.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, le=1_000_000)  # 0 = disabled
-    num_beams: int = Field(1, ge=1, le=64)
-    num_return_sequences: int = Field(1, ge=1, le=64)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=100.0)
-    no_repeat_ngram_size: int = Field(0, ge=0, le=1024)
-    do_sample: bool = False
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stop: tuple[str, ...] = Field((), max_length=16)
+    max_new_tokens: int = Field(
+        64, ge=1, le=MAX_NEW_TOKENS_CEILING, description="New tokens per output"
+    )
+    min_new_tokens: int = Field(
+        0, ge=0, le=MAX_NEW_TOKENS_CEILING, description="At least this many new tokens"
+    )
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Sampling temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling")
+    top_k: int = Field(0, ge=0, le=1_000_000, description="Top-k sampling, 0 = off")
+    num_beams: int = Field(1, ge=1, le=64, description="Beam search width")
+    num_return_sequences: int = Field(
+        1, ge=1, le=64, description="Outputs per item (needs sampling or beams)"
+    )
+    repetition_penalty: float = Field(1.0, gt=0.0, le=100.0, description="1.0 = off")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=1024, description="Never repeat n-grams of this size, 0 = off"
+    )
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed for sampling; each item's output is reproducible",
+    )
+    stop: tuple[str, ...] = Field((), max_length=16, description="Stop string (repeatable)")
 
     @field_validator(
         "max_new_tokens",
@@ -113,18 +127,16 @@ def describe_validation_error(exc: ValidationError) -> str:
         if got is not None:
             shown = repr(got)
             notes.append(f"got {shown if len(shown) <= 60 else shown[:57] + '...'}")
-        allowed_range = _allowed_range(str(err["loc"][0]))
+        info = GenerationParams.model_fields.get(str(err["loc"][0]))
+        allowed_range = field_range(str(err["loc"][0]), info) if info else ""
         if allowed_range:
             notes.append(f"allowed: {allowed_range}")
         parts.append(f"{loc}: {msg}" + (f" ({'; '.join(notes)})" if notes else ""))
     return "; ".join(parts)
 
 
-def _allowed_range(name: str) -> str:
+def field_range(name: str, info: FieldInfo) -> str:
     """`0 < temperature <= 100` for a field with numeric bounds, "" otherwise."""
-    info = GenerationParams.model_fields.get(name)
-    if info is None:
-        return ""
     low = high = ""
     for bound in info.metadata:
         if isinstance(bound, Ge):
@@ -142,6 +154,17 @@ def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def item_seed(job_seed: int | None, own_seed: int | None, index: int) -> int | None:
+    """The seed item `index` samples with: its own `params.seed` when it set one, else
+    one derived from the job's seed and the index, so its output never depends on which
+    batch, task or worker it lands in; None without either (not reproducible)."""
+    if own_seed is not None:
+        return own_seed
+    if job_seed is None:
+        return None
+    return derive_seed(job_seed, index)
 
 
 def derive_seed(seed: int, index: int) -> int:

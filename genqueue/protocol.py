@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 #: Celery task name; the scheduler sends it by name and never imports worker code.
 TASK_NAME = "genqueue.run_task"
@@ -63,4 +65,19 @@ def local_model_problem(path: Path) -> str | None:
             "(convert with `AutoModel.from_pretrained(dir).save_pretrained(dir, "
             "safe_serialization=True)` in a trusted environment)"
         )
+    return None
+
+
+#: Config keys that give a model's context length (prompt + new tokens), in the order
+#: they are trusted: architectures name it differently, and some carry several.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    """The context length a model config (config.json's keys) declares, or None when it
+    declares none (e.g. T5's relative attention has no fixed limit)."""
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
     return None

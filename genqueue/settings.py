@@ -5,14 +5,18 @@ Nothing reads the environment at import time; each command builds one `Settings`
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GENQUEUE_"
 
 
 class Settings(BaseSettings):
     """Every knob with its default; `GENQUEUE_<NAME>` overrides (e.g. GENQUEUE_LEASE_SECONDS)."""
 
-    model_config = SettingsConfigDict(env_prefix="GENQUEUE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: str | None = None
     broker_url: str | None = None
@@ -47,3 +51,18 @@ class Settings(BaseSettings):
     @property
     def heartbeat_seconds(self) -> float:
         return max(0.2, self.lease_seconds / 3)
+
+    def child_env(self) -> dict[str, str]:
+        """These settings as the `GENQUEUE_*` environment of a child process (a worker),
+        so that it runs with exactly the settings of the process that started it."""
+        return {
+            ENV_PREFIX + name.upper(): _env_value(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

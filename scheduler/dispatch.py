@@ -1,7 +1,9 @@
 """Sending task ids to the broker, by task name, one queue per model.
 
-The scheduler never imports worker code: it sends `genqueue.run_task` by name with the
-task id as the only argument. SQL records what was sent; the broker is disposable.
+The one implementation of sending: submissions, the reconciler, `retry` and workers
+(for tasks they split or release) all send through a `Dispatcher`. It never imports
+worker code: it sends `genqueue.run_task` by name with the task id as the only
+argument. SQL records what was sent (storage/dispatch.py); the broker is disposable.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from genqueue.broker import broker_priority, make_celery, queue_depth, redis_client
 from genqueue.protocol import TASK_NAME
-from genqueue.storage import leases
+from genqueue.storage import dispatch
 from genqueue.storage.db import Store
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,9 @@ EPOCH_KEY = "genqueue:epoch"
 class Dispatcher:
     """Sends tasks and watches the broker for lost messages."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, *, name: str = "genqueue-scheduler") -> None:
         self.broker_url = broker_url
-        self.app = make_celery(broker_url, name="genqueue-scheduler")
+        self.app = make_celery(broker_url, name=name)
         self._redis: Any = None
         self._epoch: str | None = None
 
@@ -57,10 +59,14 @@ class Dispatcher:
                     )
                     sent.append(task_id)
                     if len(sent) % 1000 == 0:
-                        leases.mark_sent(store, sent[-1000:])
+                        dispatch.mark_sent(store, sent[-1000:])
         finally:
-            leases.mark_sent(store, sent[len(sent) - len(sent) % 1000 :])
+            dispatch.mark_sent(store, sent[len(sent) - len(sent) % 1000 :])
         return len(sent)
+
+    def send_ids(self, store: Store, task_ids: list[int]) -> int:
+        """Send these tasks, each on its job's queue at its own priority."""
+        return self.send(store, dispatch.send_targets(store, task_ids))
 
     def broker_lost_data(self) -> bool:
         """True once after Redis came back empty (its epoch key vanished)."""

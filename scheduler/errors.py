@@ -1,7 +1,9 @@
-"""The scheduler's errors: one sub-root (`SubmissionError`) and a class per way a job is refused.
+"""The scheduler's errors: one root (`SchedulerError`), a sub-root per kind of request
+(`SubmissionError` for a job that is refused, `ExportError` for results that cannot be
+written), and a class per way that happens.
 
 Every message says what is wrong and how to fix it, because it ends up in front of the
-user who submitted the job (CLI output or an HTTP 4xx body).
+user who made the request (the CLI's output, or the exception the Python client raises).
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from genqueue.errors import GenqueueError
 MAX_PROBLEMS_SHOWN = 20
 
 
-class SubmissionError(GenqueueError):
-    """Raised when a job cannot be accepted (the sub-root of the scheduler's errors)."""
+class SchedulerError(GenqueueError):
+    """Raised when the scheduler refuses a request (the root of the scheduler's errors)."""
+
+
+class SubmissionError(SchedulerError):
+    """Raised when a job cannot be accepted (the sub-root of submission problems)."""
 
 
 @dataclass(frozen=True)
@@ -60,3 +66,11 @@ class SpecError(SubmissionError):
 class InputFormatError(SubmissionError):
     """Raised when the input cannot be read at all (missing file, unknown format, not
     UTF-8 text, corrupt Parquet or gzip); the message says what and how to fix it."""
+
+
+class RecordError(SubmissionError):
+    """Raised when one record cannot become a prompt; readers turn it into a LineProblem."""
+
+
+class ExportError(SchedulerError):
+    """Raised when results cannot be written: an unknown format, an unwritable path."""

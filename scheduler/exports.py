@@ -2,7 +2,7 @@
 
 Works on a running job (what is done so far; with `include_pending`, the rest as
 `pending` lines). Memory stays flat: rows come from SQL in pages and are written as
-they arrive (Parquet in row groups).
+they arrive (Parquet in row groups). Every format is a view of `ResultLine`.
 """
 
 from __future__ import annotations
@@ -10,114 +10,88 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from genqueue.scheduler.errors import SubmissionError
+from genqueue import formats
+from genqueue.resultline import FLAT_COLUMNS, ResultLine
+from genqueue.scheduler.errors import ExportError
 from genqueue.storage.db import Store
-from genqueue.storage.results import ResultRow, iter_results
+from genqueue.storage.results import iter_results
 
-EXPORT_FORMATS = ("jsonl", "csv", "parquet")
-CSV_COLUMNS = (
-    "custom_id",
-    "index",
-    "status",
-    "output",
-    "outputs",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "error_code",
-    "error_message",
-    "truncated",
-)
-
-
-class ExportError(SubmissionError):
-    """Raised when results cannot be written (unknown format, unwritable path)."""
+#: The result formats, by name (see genqueue/formats.py).
+EXPORT_FORMATS = formats.names("output")
+#: Rows per Parquet row group: bounds the export's memory.
+PARQUET_GROUP_ROWS = 50_000
 
 
 def export_format(path: str, explicit: str | None = None) -> str:
+    """The format results are written in: `explicit`, else from the path's extension
+    (stdout, "-", is JSONL)."""
     if explicit:
-        if explicit not in EXPORT_FORMATS:
+        found = formats.by_name(explicit, "output")
+        if found is None:
             raise ExportError(f"format: {explicit!r} is not one of {', '.join(EXPORT_FORMATS)}")
-        return explicit
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if path == "-" or suffix in ("jsonl", "json", "ndjson"):
+        return found.name
+    if path == "-":
         return "jsonl"
-    if suffix in ("csv", "parquet"):
-        return suffix
-    if suffix == "pq":
-        return "parquet"
-    raise ExportError(
-        f"cannot tell the format of {path!r} from its extension; "
-        "use .jsonl, .csv or .parquet (or pass --format)"
-    )
+    detected = formats.by_extension(Path(path).suffix, "output")
+    if detected is None:
+        raise ExportError(
+            f"cannot tell the format of {path!r} from its extension; "
+            "use .jsonl, .csv or .parquet (or pass --format)"
+        )
+    return detected.name
 
 
-def _flat(row: ResultRow) -> dict[str, Any]:
-    return {
-        "custom_id": row.custom_id,
-        "index": row.index,
-        "status": row.status,
-        "output": row.outputs[0] if row.outputs else row.output,
-        "outputs": json.dumps(row.outputs, ensure_ascii=False) if row.outputs else None,
-        "finish_reason": row.finish_reason,
-        "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": row.completion_tokens,
-        "error_code": row.error_code,
-        "error_message": row.error_message,
-        "truncated": row.truncated,
-    }
-
-
-def _write_jsonl(rows: Iterator[ResultRow], out: IO[str]) -> int:
+def _write_jsonl(lines: Iterator[ResultLine], out: IO[str]) -> int:
     n = 0
-    for row in rows:
-        out.write(json.dumps(row.to_record(), ensure_ascii=False))
+    for line in lines:
+        out.write(line.to_json())
         out.write("\n")
         n += 1
     return n
 
 
-def _write_csv(rows: Iterator[ResultRow], out: IO[str]) -> int:
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+def _write_csv(lines: Iterator[ResultLine], out: IO[str]) -> int:
+    writer = csv.DictWriter(out, fieldnames=[name for name, _ in FLAT_COLUMNS])
     writer.writeheader()
     n = 0
-    for row in rows:
-        writer.writerow(_flat(row))
+    for line in lines:
+        row = line.flat()
+        if row["outputs"] is not None:
+            row["outputs"] = json.dumps(row["outputs"], ensure_ascii=False)
+        writer.writerow(row)
         n += 1
     return n
 
 
-def _write_parquet(rows: Iterator[ResultRow], path: str, group: int = 50_000) -> int:
+def parquet_schema() -> Any:
+    """The Parquet schema of result rows, from FLAT_COLUMNS."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
+    return pa.schema(
+        [
+            (name, pa.list_(pa.string()) if kind == "list" else types[kind])
+            for name, kind in FLAT_COLUMNS
+        ]
+    )
+
+
+def _write_parquet(lines: Iterator[ResultLine], path: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            ("custom_id", pa.string()),
-            ("index", pa.int64()),
-            ("status", pa.string()),
-            ("output", pa.string()),
-            ("outputs", pa.list_(pa.string())),
-            ("finish_reason", pa.string()),
-            ("prompt_tokens", pa.int64()),
-            ("completion_tokens", pa.int64()),
-            ("error_code", pa.string()),
-            ("error_message", pa.string()),
-            ("truncated", pa.bool_()),
-        ]
-    )
+    schema = parquet_schema()
     n = 0
     with pq.ParquetWriter(path, schema) as writer:
         buf: list[dict[str, Any]] = []
-        for row in rows:
-            rec = _flat(row)
-            rec["outputs"] = row.outputs
-            buf.append(rec)
-            if len(buf) >= group:
+        for line in lines:
+            buf.append(line.flat())
+            if len(buf) >= PARQUET_GROUP_ROWS:
                 writer.write_table(pa.Table.from_pylist(buf, schema=schema))
                 n += len(buf)
                 buf.clear()
@@ -141,10 +115,9 @@ def export_results(
     fmt = export_format(path, fmt)
     rows = iter_results(store, job_id, include_pending=include_pending)
     if path == "-":
-        import sys
-
-        if fmt == "parquet":
-            raise ExportError("parquet cannot be written to stdout; give a file path")
+        found = formats.by_name(fmt, "output")
+        if found is not None and not found.streams:
+            raise ExportError(f"{fmt} cannot be written to stdout; give a file path")
         return (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, sys.stdout)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

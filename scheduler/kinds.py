@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from genqueue.params import GenerationParams, describe_validation_error
-from genqueue.scheduler.errors import SpecError, SubmissionError
+from genqueue.scheduler.errors import RecordError, SpecError
 
 KINDS = ("generate", "summarize", "translate", "qa")
 
@@ -58,10 +58,6 @@ _KINDS: dict[str, _Kind] = {
 }
 
 
-class RecordError(SubmissionError):
-    """Raised when one record cannot become a prompt; readers turn it into a LineProblem."""
-
-
 @dataclass(frozen=True)
 class JobInputSpec:
     """How a job turns input records into prompts, and the params per-item overrides
@@ -74,28 +70,6 @@ class JobInputSpec:
     #: Job-level field values, used when a record lacks the field or leaves it blank.
     defaults: dict[str, str] = field(default_factory=dict)
     base_params: GenerationParams = field(default_factory=GenerationParams)
-
-
-def required_fields(kind: str) -> tuple[str, ...]:
-    """Fields a record (or the job defaults) must give for `kind` with its default template."""
-    return _kind(kind).required
-
-
-def optional_fields(kind: str) -> tuple[str, ...]:
-    """Fields the default template of `kind` uses when present and non-blank."""
-    return _kind(kind).optional
-
-
-def default_template(kind: str, *, with_optional: bool = True) -> str:
-    """The prompt template `kind` uses when the job gives none."""
-    spec = _kind(kind)
-    return spec.full if with_optional else spec.short
-
-
-def template_fields(template: str) -> tuple[str, ...]:
-    """The field names a template references, in order, without repeats (SpecError if
-    the template is invalid)."""
-    return tuple(dict.fromkeys(p.name for p in _compile(template) if p.name is not None))
 
 
 def validate_spec(spec: JobInputSpec) -> None:

@@ -15,13 +15,10 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.settings import Settings
-from genqueue.storage import jobs, leases
+from genqueue.storage import dispatch, lifecycle, loading, recovery
 from genqueue.storage.db import Store, as_utc, utcnow
-from genqueue.storage.models import SUBMITTING, Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +42,11 @@ class Reconciler:
     def tick(self) -> TickReport:
         report = TickReport()
         s = self.settings
-        recovered = leases.recover_expired(self.store, max_attempts=s.max_attempts)
+        recovered = recovery.recover_expired(self.store, max_attempts=s.max_attempts)
         report.requeued = len(recovered)
         if self.dispatcher.broker_lost_data():
             log.warning("the broker lost its data; rebuilding every queue from SQL")
-            todo = leases.queued_tasks(self.store)
+            todo = dispatch.queued_tasks(self.store)
             report.rebuilt = self.dispatcher.send(self.store, todo)
         # Recovered (re-queued or split) tasks go at once, at the top priority: their
         # work was already under way, and at the back of a long queue a killed worker's
@@ -57,25 +54,25 @@ class Reconciler:
         again = set(recovered)
         urgent = [
             (t, q, 9)
-            for t, q, _ in leases.tasks_to_send(self.store, older_than=utcnow())
+            for t, q, _ in dispatch.tasks_to_send(self.store, older_than=utcnow())
             if t in again
         ]
         self.dispatcher.send(self.store, urgent)
         cutoff = utcnow() - timedelta(seconds=s.dispatch_grace_seconds)
-        todo = leases.tasks_to_send(self.store, older_than=cutoff)
+        todo = dispatch.tasks_to_send(self.store, older_than=cutoff)
         report.sent = len(urgent)
         report.sent += self.dispatcher.send(self.store, todo)
         report.sent += self._refill_empty_queues()
         self._expire_and_finalize(report)
         silent_since = utcnow() - timedelta(seconds=s.submit_stall_seconds)
-        for job_id in jobs.abandoned_submissions(self.store, silent_since=silent_since):
+        for job_id in loading.abandoned_submissions(self.store, silent_since=silent_since):
             log.warning(
                 "job %s: its submission stopped mid-load %.0fs ago (the submitter died?); "
                 "removing the half-loaded job",
                 job_id,
                 s.submit_stall_seconds,
             )
-            jobs.delete_job(self.store, job_id)
+            lifecycle.delete_job(self.store, job_id)
             report.abandoned.append(job_id)
         return report
 
@@ -84,35 +81,23 @@ class Reconciler:
         eviction). When a queue is empty but SQL has had tasks waiting on it for a
         while, send those again; a duplicate message is harmless (claims are atomic)."""
         stale_before = utcnow() - timedelta(seconds=max(60.0, self.settings.lease_seconds * 2))
-        with self.store.session() as sess:
-            queues = sess.scalars(
-                select(Job.queue)
-                .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value, SUBMITTING]))
-                .distinct()
-            ).all()
         sent = 0
-        for queue in queues:
+        for queue in dispatch.live_queues(self.store):
             if self.dispatcher.depth(queue) > 0:
                 continue
-            stale = leases.queued_tasks(self.store, queue=queue, sent_before=stale_before)
+            stale = dispatch.queued_tasks(self.store, queue=queue, sent_before=stale_before)
             if stale:
                 sent += self.dispatcher.send(self.store, stale)
         return sent
 
     def _expire_and_finalize(self, report: TickReport) -> None:
         now = utcnow()
-        with self.store.session() as sess:
-            live = sess.execute(
-                select(Job.id, Job.deadline_at).where(
-                    Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
-                )
-            ).all()
-        for job_id, deadline in live:
+        for job_id, deadline in lifecycle.live_jobs(self.store):
             dl = as_utc(deadline)
-            if dl is not None and dl <= now and jobs.expire_job(self.store, job_id):
+            if dl is not None and dl <= now and lifecycle.expire_job(self.store, job_id):
                 report.expired_jobs.append(job_id)
                 continue
-            state = jobs.finalize_job(self.store, job_id)
+            state = lifecycle.finalize_job(self.store, job_id)
             if state:
                 report.finalized[job_id] = state
 

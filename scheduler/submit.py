@@ -18,19 +18,23 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from genqueue.params import GenerationParams
-from genqueue.protocol import TINY_MODELS, local_model_problem, queue_for, resolve_model_ref
+from genqueue.protocol import (
+    TINY_MODELS,
+    context_length,
+    local_model_problem,
+    queue_for,
+    resolve_model_ref,
+)
 from genqueue.scheduler.dispatch import Dispatcher
-from genqueue.scheduler.errors import InputError, LineProblem, SpecError
+from genqueue.scheduler.errors import MAX_PROBLEMS_SHOWN, InputError, LineProblem, SpecError
 from genqueue.scheduler.inputs import ParsedItem, detect_format, read_items
 from genqueue.scheduler.kinds import JobInputSpec, validate_spec
-from genqueue.storage import jobs, leases
+from genqueue.storage import dispatch, lifecycle, loading
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.models import Job
+from genqueue.storage.status import view_job
 
 log = logging.getLogger(__name__)
-
-#: Problems listed in an InputError (all are counted).
-MAX_LISTED_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,8 @@ def check_model(model: str, params: GenerationParams) -> str:
         raise SpecError(f"model: {problem}{hub}")
     cfg_path = path / "config.json"
     if cfg_path.exists():
-        cfg = json.loads(cfg_path.read_text())
-        limit = cfg.get("n_positions") or cfg.get("max_position_embeddings")
-        if isinstance(limit, int) and params.max_new_tokens >= limit:
+        limit = context_length(json.loads(cfg_path.read_text()))
+        if limit is not None and params.max_new_tokens >= limit:
             raise SpecError(
                 f"max_new_tokens: {params.max_new_tokens} is not below the model's context of "
                 f"{limit} tokens; use at most {limit - 1}"
@@ -152,7 +155,7 @@ def _plan(
     return tasks
 
 
-def submit(
+def submit_job(
     store: Store,
     dispatcher: Dispatcher | None,
     source: str | Path | BinaryIO,
@@ -176,7 +179,7 @@ def submit(
     name = input_name or (str(source) if isinstance(source, str | Path) else "<stdin>")
     fmt = detect_format(name if isinstance(source, str | Path) else "-", fmt)
     model_ref = check_model(spec.model, spec.params)
-    created = jobs.create_job(
+    created = loading.create_job(
         store,
         kind=spec.kind,
         model=model_ref,
@@ -197,13 +200,13 @@ def submit(
         },
     )
     if isinstance(created, str):
-        view = jobs.view_job(store, created)
+        view = view_job(store, created)
         return Submitted(created, view.job.total_items, 0, created=False)
     job = created
 
     early = dispatcher is not None
 
-    def dispatch(task_ids: list[int]) -> None:
+    def send_window(task_ids: list[int]) -> None:
         nonlocal early
         assert dispatcher is not None
         if not early:
@@ -221,16 +224,18 @@ def submit(
             read_items(source, input_spec, fmt=fmt),
             spec,
             name,
-            dispatch if dispatcher is not None else None,
+            send_window if dispatcher is not None else None,
         )
     except BaseException:
-        jobs.delete_job(store, job.id)
+        lifecycle.delete_job(store, job.id)
         raise
     # A work-sized job records its mean task size: what `retry` cuts new tasks by.
-    jobs.open_job(store, job.id, total, chunk_size=spec.chunk_size or -(-total // n_tasks))
+    loading.open_job(store, job.id, total, chunk_size=spec.chunk_size or -(-total // n_tasks))
     if dispatcher is not None:  # the last window (the whole job, when it fits in one)
         try:
-            dispatcher.send(store, leases.tasks_to_send(store, older_than=utcnow(), job_id=job.id))
+            dispatcher.send(
+                store, dispatch.tasks_to_send(store, older_than=utcnow(), job_id=job.id)
+            )
         except Exception as exc:
             # The job is stored and open: the reconciler sends what is left.
             log.warning("job %s: sending its tasks failed (%s); the reconciler will", job.id, exc)
@@ -243,9 +248,9 @@ def _load(
     stream: Iterable[ParsedItem | LineProblem],
     spec: JobSpec,
     name: str,
-    dispatch: Callable[[list[int]], None] | None,
+    send_window: Callable[[list[int]], None] | None,
 ) -> tuple[int, int]:
-    """Store the input window by window. With `dispatch`, each full window's tasks are
+    """Store the input window by window. With `send_window`, each full window's tasks are
     sent once stored, so on a large input workers start while the rest is read; the
     job stays `submitting` (it cannot end) until every item is stored. A problem found
     later stops those tasks and the whole job is rejected and removed. The last window
@@ -262,7 +267,7 @@ def _load(
             return
         plan = _plan(window, spec, spec.params.max_new_tokens, spec.params.num_return_sequences)
         items = [
-            jobs.NewItem(
+            loading.NewItem(
                 line=it.line,
                 custom_id=it.custom_id or f"line-{it.line}",
                 prompt=it.prompt,
@@ -270,24 +275,24 @@ def _load(
             )
             for it in window
         ]
-        task_ids = jobs.add_chunk(store, job, next_idx, items, plan)
+        task_ids = loading.add_chunk(store, job, next_idx, items, plan)
         next_idx += len(window)
         n_tasks += len(plan)
         window.clear()
-        if dispatch is not None and not final:
-            dispatch(task_ids)
+        if send_window is not None and not final:
+            send_window(task_ids)
 
     touched = time.monotonic()
     for entry in stream:
         if time.monotonic() - touched > TOUCH_SECONDS:  # a slow input is not an abandoned one
-            jobs.touch_submission(store, job.id)
+            loading.touch_submission(store, job.id)
             touched = time.monotonic()
         if isinstance(entry, LineProblem):
             n_problems += 1
-            if len(problems) < MAX_LISTED_PROBLEMS:
+            if len(problems) < MAX_PROBLEMS_SHOWN:
                 problems.append(entry)
-            if n_problems == 1 and n_tasks and dispatch is not None:
-                jobs.stop_job(store, job.id)  # workers drop its tasks after a micro-batch
+            if n_problems == 1 and n_tasks and send_window is not None:
+                lifecycle.stop_job(store, job.id)  # workers drop its tasks after a micro-batch
             window.clear()  # stop storing: the job will be rejected anyway
             continue
         if n_problems:
@@ -298,7 +303,7 @@ def _load(
     if not n_problems:
         flush(final=True)
     if not n_problems:
-        for cid, lines in jobs.duplicate_custom_ids(store, job.id):
+        for cid, lines in loading.duplicate_custom_ids(store, job.id):
             n_problems += 1
             problems.append(
                 LineProblem(

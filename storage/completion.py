@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
-from genqueue.storage import jobs
+from genqueue.storage import dialect
+from genqueue.storage.claims import Claim
 from genqueue.storage.db import Store
-from genqueue.storage.leases import Claim, begin_in, finish_in
-from genqueue.storage.models import Job, Task, TaskState
+from genqueue.storage.leases import begin_in, end_attempt_in
+from genqueue.storage.lifecycle import finalize_job_in
+from genqueue.storage.models import TaskState
 from genqueue.storage.results import NewResult, count_duplicates, insert_rows, task_exists
 
 
@@ -46,28 +46,20 @@ def complete_task(
     error: str | None = None,
     begin_next: Claim | None = None,
 ) -> Completed:
-    """Write `results` (idempotently), finish the attempt, finalise the job if no task
-    of it is open any more, and begin the attempt of `begin_next` (see begin_attempt)."""
+    """Write `results` (idempotently), end the attempt, finalise the job if no task of
+    it is open any more, and begin the attempt of `begin_next` (see begin_attempt)."""
     with store.session() as s:
-        if store.dialect == "postgresql" and begin_next is not None:
-            # Both task rows, in id order: a rejected submission's delete_job locks a
-            # job's tasks in the same order, so the two cannot deadlock.
-            ids = sorted({claim.task_id, begin_next.task_id})
-            s.connection().execute(
-                select(Task.__table__.c.id)
-                .where(Task.__table__.c.id.in_(ids))
-                .order_by(Task.__table__.c.id)
-                .with_for_update(key_share=True)
-            ).all()
-        if not task_exists(s, store.dialect, claim.task_id):
+        if begin_next is not None:
+            # Both task rows, in id order (the lock order in dialect.py).
+            dialect.lock_tasks(s, [claim.task_id, begin_next.task_id])
+        if not task_exists(s, claim.task_id):
             # Its job was rejected and removed while this task ran: nothing to keep.
             began = begin_in(s, begin_next) if begin_next is not None else None
             return Completed(0, 0, "gone", None, began)
-        ins = insert_rows(s, store.dialect, claim, results)
+        ins = insert_rows(s, claim, results)
         count_duplicates(s.connection(), claim.job_id, ins.duplicates)
-        state = finish_in(
+        state = end_attempt_in(
             s,
-            store.dialect,
             claim,
             outcome=outcome,
             engine=engine,
@@ -77,17 +69,7 @@ def complete_task(
         )
         job_state = None
         if state in (TaskState.DONE.value, TaskState.CANCELLED.value):
-            if store.dialect == "postgresql":
-                # Two workers finishing a job's last two tasks at once would each still
-                # see the other's task open (read committed) and neither would finalise
-                # the job. Queueing on the job row makes the second one see the first.
-                # NO KEY UPDATE: it must not wait for the KEY SHARE locks that inserting
-                # results (foreign key to jobs) takes, or two finishers would deadlock.
-                s.connection().execute(
-                    select(Job.__table__.c.id)
-                    .where(Job.__table__.c.id == claim.job_id)
-                    .with_for_update(key_share=True)
-                )
-            job_state = jobs.finalize_in(s, claim.job_id)
+            dialect.lock_job(s, claim.job_id)
+            job_state = finalize_job_in(s, claim.job_id)
         began = begin_in(s, begin_next) if begin_next is not None else None
         return Completed(ins.written, ins.duplicates, state, job_state, began)

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from genqueue.storage import dialect
 from genqueue.storage.errors import StorageError
 
 
@@ -27,6 +27,13 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def aware(value: datetime) -> datetime:
+    """`as_utc` for a value that is never None."""
+    out = as_utc(value)
+    assert out is not None
+    return out
+
+
 def normalize_url(url: str) -> str:
     """Accept `postgresql://` and `postgres://` (mapped to psycopg 3) and plain paths."""
     if "://" not in url:
@@ -38,28 +45,6 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # The driver must not open transactions itself: we issue BEGIN IMMEDIATE below, so
-    # a writer takes the lock up front and waits (busy_timeout) instead of failing with
-    # SQLITE_BUSY when it upgrades a read transaction under concurrent writers.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-def _sqlite_begin(conn: Any) -> None:
-    # Readers (status polls, exports) start deferred: under WAL they never wait for, or
-    # block, a writer. Everything else takes the write lock up front.
-    if conn.get_execution_options().get("genqueue_read"):
-        conn.exec_driver_sql("BEGIN")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 class Store:
     """A database handle: the engine, a session factory, and the dialect's name."""
 
@@ -67,27 +52,17 @@ class Store:
         self.url = normalize_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
-        if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
-        elif self.dialect == "postgresql":
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
-            # psycopg prepares a statement after a few runs, and PostgreSQL may then
-            # settle on one generic plan chosen while the tables were small (a fresh
-            # database: a scan of `results` per claim, kept as the job grew to 100k
-            # results). Plan each run for the tables as they are now.
-            kwargs["connect_args"] = {"options": "-c plan_cache_mode=force_custom_plan"}
-        else:
+        if self.dialect not in (dialect.SQLITE, dialect.POSTGRES):
             raise StorageError(
                 f"unsupported database URL {url!r}: use sqlite:///path.db or "
                 "postgresql://user@host/db"
             )
-        self.engine: Engine = create_engine(self.url, **kwargs)
-        if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine, "begin", _sqlite_begin)
+        if self.dialect == dialect.SQLITE and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(
+            self.url, echo=echo, **dialect.engine_options(self.dialect)
+        )
+        dialect.configure_engine(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(
             self.engine.execution_options(genqueue_read=True), expire_on_commit=False
@@ -107,10 +82,6 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-    def after_fork(self) -> None:
-        """Drop pooled connections inherited from a parent process."""
-        self.engine.dispose(close=False)
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (idempotent)."""

@@ -9,7 +9,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+
+from genqueue.storage.dialect import migration_lock
 
 if TYPE_CHECKING:
     from genqueue.storage.db import Store
@@ -44,7 +45,6 @@ def upgrade(store: Store) -> None:
         return
     cfg = alembic_config(store)
     with store.engine.begin() as conn:
-        if store.dialect == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(774411)"))
+        migration_lock(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

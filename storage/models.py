@@ -28,8 +28,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class JobState(enum.StrEnum):
-    """Lifecycle of a job: queued → running → one of the final states."""
+    """Lifecycle of a job: (submitting →) queued → running → one of the final states.
 
+    `submitting` is internal: the job's input is still being stored. Such a job is never
+    finalised and never listed; a large input's first windows may already be at work.
+    """
+
+    SUBMITTING = "submitting"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -40,7 +45,7 @@ class JobState(enum.StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (JobState.QUEUED, JobState.RUNNING)
+        return self not in (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
 
 
 class TaskState(enum.StrEnum):
@@ -64,9 +69,8 @@ class ResultStatus(enum.StrEnum):
 
 
 FINAL_JOB_STATES = tuple(s.value for s in JobState if s.final)
-#: A job's internal state while its input is still being stored: never finalised, never
-#: listed; a large input's first windows may already be at work.
-SUBMITTING = "submitting"
+#: Jobs whose work may be dispatched and claimed.
+LIVE_JOB_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 OPEN_TASK_STATES = (TaskState.PENDING.value, TaskState.QUEUED.value, TaskState.RUNNING.value)
 
 

@@ -55,10 +55,11 @@ PG_ADMIN_URL = os.environ.get("GENQUEUE_TEST_PG", "postgresql://postgres@127.0.0
 REDIS_TEST_URL = os.environ.get("GENQUEUE_TEST_REDIS", "redis://127.0.0.1:6379/13")
 
 
-def _unavailable(what: str, exc: BaseException) -> None:
+def unavailable(what: str, why: object = "not found") -> None:
+    """Skip a test that needs `what` locally; under CI (CI=true) fail it instead."""
     if IN_CI:
-        pytest.fail(f"{what} is required in CI but unavailable: {exc}")
-    pytest.skip(f"{what} unavailable: {exc}")
+        pytest.fail(f"{what} is required in CI but unavailable: {why}")
+    pytest.skip(f"{what} unavailable: {why}")
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def pg_url() -> Iterator[str]:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
+        unavailable("PostgreSQL", exc)
     base = admin_url.rsplit("/", 1)[0]
     yield f"{base}/{name}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -114,7 +115,7 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except redis.RedisError as exc:
         if IN_CI:
             pytest.fail(f"Redis is required in CI but unavailable: {exc}")
-    from genqueue.embedded import start_redis
+    from genqueue.cli.embedded import start_redis
 
     server, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url

@@ -2,17 +2,19 @@
 
 Each process is a Celery worker with the `solo` pool, so the process that loaded torch
 never forks (forking after torch ran deadlocks libgomp). With prefetch (the default) the
-Celery thread only claims and prepares tasks; a model thread generates and a finisher
-thread commits the last results (runner.Pipeline), so the next task is claimed while the
-current one generates. Parallelism comes from running several such processes (see
-supervisor.py), each with its own thread budget or GPU.
+Celery thread only claims and prepares tasks, and one model thread generates and
+completes them (pipeline.py), so the next task is claimed while the current one
+generates. Parallelism comes from running several such processes (supervisor.py), each
+with its own thread budget or GPU.
 
-Run as `python -m genqueue.worker.process --model M ...` (the supervisor does this).
+Run as `python -m genqueue.worker.process [WorkerOptions flags] --name N` (the supervisor
+does this; see WorkerOptions.to_args).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import socket
@@ -28,32 +30,28 @@ from kombu.exceptions import MessageStateError
 
 from genqueue.broker import make_celery
 from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
+from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.settings import Settings
 from genqueue.storage.db import open_store
-from genqueue.worker.retry import is_transient
-from genqueue.worker.runner import Pipeline, WorkerContext, run_task
+from genqueue.worker.pipeline import Pipeline
+from genqueue.worker.runner import WorkerContext, run_task
+from genqueue.worker.transient import is_transient
+from genqueue.workeropts import WorkerOptions
 
 log = logging.getLogger("genqueue.worker")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> tuple[WorkerOptions, argparse.Namespace]:
+    """The worker's options, and this process's own: its name and log level."""
+    options, rest = WorkerOptions.from_args(argv)
     p = argparse.ArgumentParser(prog="genqueue.worker.process")
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default=None)
-    p.add_argument("--engine", default="hf")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--tensor-parallel", type=int, default=1)
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--host-memory-limit-mb", type=int, default=None)
     p.add_argument("--name", default=None)
     p.add_argument("--loglevel", default="WARNING")
-    return p.parse_args(argv)
+    return options, p.parse_args(rest)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    options, args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=args.loglevel.upper(),
         format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s",
@@ -63,30 +61,28 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     if not settings.broker_url:
         raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
-    if args.threads > 0:
+    if options.threads > 0:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(options.threads)
     from genqueue.worker.engines import load_engine
 
-    model_ref = resolve_model_ref(args.model)
+    model_ref = resolve_model_ref(options.model)
     store = open_store(settings.database_url)
-    engine = load_engine(
-        args.engine,
-        model_ref,
-        revision=args.revision,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        tensor_parallel=args.tensor_parallel,
-        host_memory_limit_mb=args.host_memory_limit_mb,
-    )
+    engine = load_engine(options)
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings.broker_url, name="genqueue-worker")
-    queue = queue_for(model_ref, args.revision)
+    queue = queue_for(model_ref, options.revision)
+    dispatcher = Dispatcher(settings.broker_url, name="genqueue-worker-sender")
 
-    ctx = WorkerContext(store=store, engine=engine, settings=settings, worker_id=name)
-    ctx.send_tasks = _sender(app, store, queue)
+    ctx = WorkerContext(
+        store=store,
+        engine=engine,
+        settings=settings,
+        worker_id=name,
+        send_tasks=functools.partial(dispatcher.send_ids, store),
+        trust_remote_code=options.trust_remote_code,
+    )
     pipeline = Pipeline(ctx) if settings.prefetch else None
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, Request=settling_request(ctx.stop))
@@ -97,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             raise Reject("worker stopping", requeue=True)
         try:
             if pipeline is not None:
-                return pipeline.submit(int(task_id))
+                return pipeline.accept(int(task_id))
             return run_task(ctx, int(task_id))
         except Exception as exc:
             if is_transient(exc):
@@ -133,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     if pipeline is not None:
         pipeline.close()
     engine.close()
+    dispatcher.close()
     store.dispose()
 
 
@@ -182,26 +179,6 @@ def settling_request(stop: threading.Event) -> type[Request]:
                 self.send_event("task-rejected", requeue=requeue)
 
     return SettlingRequest
-
-
-def _sender(app: Any, store: Any, queue: str) -> Any:
-    """Re-send task ids on this worker's queue (split or released tasks), each with its
-    task's priority."""
-    from genqueue.broker import broker_priority
-    from genqueue.storage import leases
-
-    def send(task_ids: list[int]) -> None:
-        for task_id, priority in leases.task_priorities(store, task_ids).items():
-            app.send_task(
-                TASK_NAME,
-                args=[task_id],
-                queue=queue,
-                routing_key=queue,
-                priority=broker_priority(priority),
-            )
-        leases.mark_sent(store, task_ids)
-
-    return send
 
 
 if __name__ == "__main__":

@@ -17,17 +17,13 @@ from typing import cast
 import torch
 from transformers import LogitsProcessor
 
-from genqueue.params import GenerationParams, derive_seed
+from genqueue.params import derive_seed
 
 
-def item_seed(seed: int | None, params: GenerationParams) -> int:
-    """The item's own seed, else the params' seed (per-item override), else a fresh
-    random one (then the output is not reproducible, which is what no seed means)."""
-    if seed is not None:
-        return seed
-    if params.seed is not None:
-        return params.seed
-    return secrets.randbits(63)
+def seed_or_random(seed: int | None) -> int:
+    """A request's seed (see genqueue.params.item_seed), or a fresh random one when it
+    has none: its output is then not reproducible, which is what no seed means."""
+    return seed if seed is not None else secrets.randbits(63)
 
 
 def row_seeds(seeds: Sequence[int], num_return_sequences: int) -> list[int]:

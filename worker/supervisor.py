@@ -17,8 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from genqueue.workeropts import WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +31,13 @@ STABLE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    model: str
-    engine: str = "hf"
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
+    """What to supervise: `processes` model processes, each run with `options`."""
+
+    options: WorkerOptions
     processes: int = 1
-    threads: int = 0  # per process; 0 = split the cores evenly
-    tensor_parallel: int = 1
-    trust_remote_code: bool = False
-    host_memory_limit_mb: int | None = None
     loglevel: str = "WARNING"
+    #: The children's environment on top of this process's own (typically
+    #: Settings.child_env(): the URLs and every setting).
     env: dict[str, str] = field(default_factory=dict)
     #: When set, each process writes its output to `worker-<slot>.log` there instead of
     #: the terminal (the embedded run keeps the terminal for its progress bar).
@@ -68,13 +66,14 @@ def _die_with_parent() -> None:
 
 class Supervisor:
     def __init__(self, spec: WorkerSpec) -> None:
-        use_gpu = spec.device.startswith("cuda") or (
-            spec.device == "auto" and spec.engine != "dry-run"
+        opts = spec.options
+        use_gpu = opts.device.startswith("cuda") or (
+            opts.device == "auto" and opts.engine != "dry-run"
         )
         self.gpus = visible_gpus() if use_gpu else []
         if spec.processes <= 0:  # auto: one process per GPU group, else one
-            n = len(self.gpus) // max(1, spec.tensor_parallel) if self.gpus else 1
-            spec = WorkerSpec(**{**spec.__dict__, "processes": max(1, n)})
+            n = len(self.gpus) // opts.tensor_parallel if self.gpus else 1
+            spec = replace(spec, processes=max(1, n))
         self.spec = spec
         self.children: list[subprocess.Popen[bytes] | None] = [None] * spec.processes
         self.restarts = [0] * spec.processes
@@ -83,7 +82,7 @@ class Supervisor:
         self.next_start = [0.0] * spec.processes
         self.stopping = False
         cores = os.cpu_count() or 1
-        self.threads = spec.threads or max(1, cores // max(1, spec.processes))
+        self.threads = opts.threads or max(1, cores // max(1, spec.processes))
 
     def _env(self, slot: int) -> dict[str, str]:
         env = {**os.environ, **self.spec.env}
@@ -93,7 +92,7 @@ class Supervisor:
         env.setdefault("TRANSFORMERS_VERBOSITY", "error")
         env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if self.gpus:
-            tp = self.spec.tensor_parallel
+            tp = self.spec.options.tensor_parallel
             mine = [self.gpus[(slot * tp + k) % len(self.gpus)] for k in range(tp)]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
         return env
@@ -102,35 +101,20 @@ class Supervisor:
         s = self.spec
         self.spawned[slot] += 1
         self.started[slot] = time.monotonic()
+        # Unique per process, restarts included: leases and attempts record this name,
+        # and a restarted process must not pass for the one that died.
+        name = f"gq-{os.getpid()}-{slot}.{self.spawned[slot]}@{os.uname()[1]}"
+        options = s.options.model_copy(update={"threads": self.threads})
         cmd = [
             sys.executable,
             "-m",
             "genqueue.worker.process",
-            "--model",
-            s.model,
-            "--engine",
-            s.engine,
-            "--device",
-            s.device,
-            "--dtype",
-            s.dtype,
-            "--threads",
-            str(self.threads),
-            "--tensor-parallel",
-            str(s.tensor_parallel),
+            *options.to_args(),
             "--loglevel",
             s.loglevel,
             "--name",
-            # Unique per process, restarts included: leases and attempts record this
-            # name, and a restarted process must not pass for the one that died.
-            f"gq-{os.getpid()}-{slot}.{self.spawned[slot]}@{os.uname()[1]}",
+            name,
         ]
-        if s.revision:
-            cmd += ["--revision", s.revision]
-        if s.trust_remote_code:
-            cmd.append("--trust-remote-code")
-        if s.host_memory_limit_mb:
-            cmd += ["--host-memory-limit-mb", str(s.host_memory_limit_mb)]
         out = None
         if s.log_dir:
             Path(s.log_dir).mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@ worker processes started through the same supervisor `genqueue worker` uses."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.scheduler.reconciler import Reconciler
 from genqueue.settings import Settings
 from genqueue.worker.supervisor import Supervisor, WorkerSpec
+from genqueue.workeropts import WorkerOptions
 
 
 @dataclass
@@ -26,28 +26,14 @@ class Deployment:
     stop: threading.Event = field(default_factory=threading.Event)
     reconciler: threading.Thread | None = None
 
-    def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            "GENQUEUE_BROKER_URL": s.broker_url or "",
-            "GENQUEUE_DATABASE_URL": s.database_url or "",
-            "GENQUEUE_LEASE_SECONDS": str(s.lease_seconds),
-            "GENQUEUE_MAX_ATTEMPTS": str(s.max_attempts),
-            "GENQUEUE_HOME": os.environ["GENQUEUE_HOME"],
-        }
-
     def start_workers(
         self, model: str, processes: int = 1, engine: str = "hf", **kw: Any
     ) -> Supervisor:
         sup = Supervisor(
             WorkerSpec(
-                model=model,
-                engine=engine,
+                options=WorkerOptions(model=model, engine=engine, device="cpu", threads=1, **kw),
                 processes=processes,
-                device="cpu",
-                threads=1,
-                env=self.env(),
-                **kw,
+                env=self.settings.child_env(),
             )
         )
         sup.start()

@@ -27,20 +27,16 @@ from dataclasses import replace
 
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo
 from genqueue.worker.engines.dryrun import DryRunEngine
+from genqueue.workeropts import WorkerOptions
 
 
 class FaultyEngine(DryRunEngine):
     info: ModelInfo
 
-    def __init__(
-        self,
-        model_ref: str,
-        *,
-        revision: str | None = None,
-        device: str = "cpu",
-        dtype: str = "auto",
-    ) -> None:
-        super().__init__(model_ref, revision=revision or "faulty-rev-1")
+    def __init__(self, options: WorkerOptions) -> None:
+        super().__init__(
+            options.model_copy(update={"revision": options.revision or "faulty-rev-1"})
+        )
         self.delay = float(os.environ.get("GQ_FAULT_DELAY", "0.005"))
         max_ctx = os.environ.get("GQ_FAULT_MAX_CONTEXT")
         self.info = replace(

@@ -19,9 +19,9 @@ import pytest
 from genqueue.broker import queue_depth, redis_client
 from genqueue.protocol import queue_for
 from genqueue.scheduler.dispatch import Dispatcher
-from genqueue.storage import leases
+from genqueue.storage import dispatch
 from genqueue.storage.models import Task, TaskState
-from tests.reliability.conftest import MODEL, ClusterFactory, records, running_tasks, wait_for
+from tests.reliability.cluster import MODEL, ClusterFactory, records, running_tasks, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_task_delivered_twice_runs_once(sqlite_url: str, make_cluster: ClusterFa
     twice; late copies are refused and drained."""
     c = make_cluster(sqlite_url)
     job_id = c.submit(records(64), chunk_size=16)
-    again = leases.queued_tasks(c.store, job_id=job_id)
+    again = dispatch.queued_tasks(c.store, job_id=job_id)
     n = len(again)
     dispatcher = Dispatcher(c.settings.broker_url or "")
     try:

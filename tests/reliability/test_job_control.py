@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from genqueue.storage.models import Result
-from tests.reliability.conftest import Cluster, ClusterFactory, at, now_utc, records, wait_for
+from tests.reliability.cluster import Cluster, ClusterFactory, at, now_utc, records, wait_for
 
 pytestmark = pytest.mark.slow
 

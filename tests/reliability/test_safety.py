@@ -15,8 +15,8 @@ import pytest
 from celery import Celery
 
 from genqueue.protocol import TASK_NAME, queue_for
-from genqueue.worker.engines import local_revision
-from tests.reliability.conftest import MODEL, ClusterFactory, depth, wait_for
+from genqueue.worker.provenance import local_revision
+from tests.reliability.cluster import MODEL, ClusterFactory, depth, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +167,26 @@ def test_real_model_records_its_revision_and_fails_only_overlong_prompts(
         assert st["revision"] == revision and st["engine"] == "hf"
         assert {(a.engine, a.model_revision) for a in c.attempts(job_id)} == {("hf", revision)}
     assert sup.pids() == [pid] and sup.restarts == [0]
+
+
+def test_remote_code_runs_only_for_jobs_that_ask_on_workers_that_allow_it(
+    sqlite_url: str, make_cluster: ClusterFactory, tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """The operator starts a worker with --trust-remote-code for a model that ships its
+    own code: a job submitted with --trust-remote-code runs on it; a job that did not
+    ask fails every item with `remote_code_refused`, naming the flag."""
+    c = make_cluster(sqlite_url)
+    marker = tmp_path / "model-code-ran"
+    _, remote = unsafe_models(tiny_gpt2_dir, tmp_path, marker)
+    c.start_workers(1, engine="hf", model=str(remote), trust_remote_code=True)
+    recs = [{"custom_id": f"c{i}", "prompt": f"hello {i}"} for i in range(4)]
+    asked = c.submit(recs, model=str(remote), trust_remote_code=True, max_new_tokens=3)
+    st = c.wait(asked, timeout=120)
+    assert st["state"] == "completed", st
+    assert marker.exists()  # the model's own code ran: the operator allowed it
+    silent = c.submit(recs, model=str(remote), max_new_tokens=3)
+    st = c.wait(silent, timeout=60)
+    assert st["state"] == "failed", st
+    lines = c.assert_exactly_once(silent, 4)
+    assert {ln["error"]["code"] for ln in lines} == {"remote_code_refused"}
+    assert "submit with --trust-remote-code" in lines[0]["error"]["message"]

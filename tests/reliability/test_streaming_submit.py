@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 
 from genqueue.params import GenerationParams
 from genqueue.scheduler.errors import InputError
-from genqueue.scheduler.submit import JobSpec, submit
+from genqueue.scheduler.submit import JobSpec, submit_job
 from genqueue.storage.db import as_utc
 from genqueue.storage.models import Attempt, Item, Job, Result, Task
-from tests.reliability.conftest import MODEL, Cluster, ClusterFactory, records, wait_for
+from tests.reliability.cluster import MODEL, Cluster, ClusterFactory, records, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_workers_start_on_the_first_windows_while_the_rest_is_read(
     recs = records(200)
     thread, tail_at, r = feed(c, lines(recs[:64]), lines(recs[64:]))
     with os.fdopen(r, "rb") as src:
-        done = submit(c.store, c.client.dispatcher, src, spec(), fmt="jsonl", input_name="pipe")
+        done = submit_job(c.store, c.client.dispatcher, src, spec(), fmt="jsonl", input_name="pipe")
     thread.join(5)
     st = c.wait(done.job_id, timeout=60)
     assert st["state"] == "completed" and st["counts"]["succeeded"] == 200
@@ -100,7 +100,7 @@ def test_a_problem_found_after_work_started_still_rejects_everything(
     tail = [*lines(recs[64:100]), '{"text": "no prompt here"}\n', *lines(recs[100:])]
     thread, _, r = feed(c, lines(recs[:64]), tail)
     with os.fdopen(r, "rb") as src, pytest.raises(InputError) as err:
-        submit(c.store, c.client.dispatcher, src, spec(), fmt="jsonl", input_name="pipe")
+        submit_job(c.store, c.client.dispatcher, src, spec(), fmt="jsonl", input_name="pipe")
     thread.join(5)
     assert "line 101" in str(err.value) and "prompt" in str(err.value)
     time.sleep(1.0)  # a worker that was mid-task finishes and drops its results
@@ -118,7 +118,7 @@ import os, signal, sys
 from genqueue.client import Client
 from genqueue.params import GenerationParams
 from genqueue.scheduler.dispatch import Dispatcher
-from genqueue.scheduler.submit import JobSpec, submit
+from genqueue.scheduler.submit import JobSpec, submit_job
 
 real, calls = Dispatcher.send, []
 
@@ -133,7 +133,7 @@ client = Client(sys.argv[1], sys.argv[2])
 spec = JobSpec(kind="generate", model=sys.argv[3], params=GenerationParams(max_new_tokens=4),
                planning_window=32, min_tasks_per_window=2)
 with open(sys.argv[4], "rb") as src:
-    submit(client.store, client.dispatcher, src, spec, fmt="jsonl")
+    submit_job(client.store, client.dispatcher, src, spec, fmt="jsonl")
 """
 
 

@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from genqueue.storage.models import Task, TaskState
 from genqueue.worker.supervisor import STABLE_SECONDS, Supervisor, WorkerSpec
-from tests.reliability.conftest import (
+from genqueue.workeropts import WorkerOptions
+from tests.reliability.cluster import (
     FAULTY,
     MODEL,
     Cluster,
@@ -126,6 +127,7 @@ def test_sigkill_workers_and_supervisor_mid_job(pg_url: str, make_cluster: Clust
         for a in tries
         if a.worker in victims and at(a.started_at) <= sup_kill_at <= at(a.finished_at)
     ]
+    assert victims and at_sup_kill, "no task was in flight when the supervisor died"
     assert {a.outcome for a in at_sup_kill} <= {"stopped", "done"}, [
         (a.worker, a.outcome) for a in at_sup_kill
     ]
@@ -189,7 +191,9 @@ def test_restart_backoff_is_for_crash_loops_only() -> None:
     """A process that dies young (a crash loop) is restarted with a growing delay; one
     that had run for a while (killed, OOM, a poison item) starts over at the shortest
     delay, however many times that happened before."""
-    sup = Supervisor(WorkerSpec(model=MODEL, engine=FAULTY, processes=1, device="cpu"))
+    sup = Supervisor(
+        WorkerSpec(options=WorkerOptions(model=MODEL, engine=FAULTY, device="cpu"), processes=1)
+    )
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     sup.children[0] = dead

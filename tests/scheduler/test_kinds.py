@@ -7,18 +7,8 @@ from typing import Any
 import pytest
 
 from genqueue.params import GenerationParams
-from genqueue.scheduler.errors import SpecError, SubmissionError
-from genqueue.scheduler.kinds import (
-    KINDS,
-    JobInputSpec,
-    RecordError,
-    default_template,
-    optional_fields,
-    render_prompt,
-    required_fields,
-    template_fields,
-    validate_spec,
-)
+from genqueue.scheduler.errors import RecordError, SpecError, SubmissionError
+from genqueue.scheduler.kinds import KINDS, JobInputSpec, render_prompt, validate_spec
 
 
 def render(kind: str, record: dict[str, Any], **spec: Any) -> str:
@@ -27,15 +17,27 @@ def render(kind: str, record: dict[str, Any], **spec: Any) -> str:
     return render_prompt(job, record)
 
 
+def _missing(kind: str, record: dict[str, Any]) -> str:
+    with pytest.raises(RecordError, match="missing required field") as exc:
+        render(kind, record)
+    return str(exc.value)
+
+
 def test_kinds_and_their_fields() -> None:
     assert KINDS == ("generate", "summarize", "translate", "qa")
-    assert required_fields("generate") == ("prompt",)
-    assert required_fields("summarize") == ("text",)
-    assert required_fields("translate") == ("text", "target_lang")
-    assert optional_fields("translate") == ("source_lang",)
-    assert required_fields("qa") == ("question",)
-    assert optional_fields("qa") == ("context",)
-    assert default_template("qa", with_optional=False) == "question: {question}"
+    # Required fields: a record without them is refused, naming the field.
+    assert "'prompt'" in _missing("generate", {"text": "x"})
+    assert "'text'" in _missing("summarize", {"prompt": "x"})
+    assert "'text'" in _missing("translate", {"target_lang": "German"})
+    assert "'target_lang'" in _missing("translate", {"text": "x"})
+    assert "'question'" in _missing("qa", {"context": "x"})
+    # Optional fields: used when given, left out of the prompt when not.
+    assert render("translate", {"text": "x", "target_lang": "German"}) == ("translate to German: x")
+    assert "English" in render(
+        "translate", {"text": "x", "target_lang": "German", "source_lang": "English"}
+    )
+    assert render("qa", {"question": "Why?"}) == "question: Why?"
+    assert render("qa", {"question": "Why?", "context": "C"}) == "question: Why? context: C"
 
 
 @pytest.mark.parametrize(
@@ -193,8 +195,10 @@ def test_template_rendering_to_blank_is_rejected() -> None:
         render("generate", {"a": " "}, template="{a}")
 
 
-def test_template_fields_are_listed_in_order_without_repeats() -> None:
-    assert template_fields("{b} {a} {b:>3} {{c}}") == ("b", "a")
+def test_a_template_names_the_fields_it_needs_in_order() -> None:
+    with pytest.raises(RecordError, match=r"template field \{b\} is not in the record"):
+        render("generate", {"a": "x"}, template="{b} {a} {b} {{c}}")
+    assert render("generate", {"a": "1", "b": "2"}, template="{b} {a} {b} {{c}}") == "2 1 2 {c}"
 
 
 @pytest.mark.parametrize(

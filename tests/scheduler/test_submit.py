@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from genqueue.params import GenerationParams
 from genqueue.scheduler.errors import InputError, SpecError
-from genqueue.scheduler.submit import JobSpec, submit
-from genqueue.storage import jobs
+from genqueue.scheduler.submit import JobSpec, submit_job
+from genqueue.storage import status
 from genqueue.storage.db import Store
 from genqueue.storage.models import Item, Job, Task
 
@@ -36,7 +36,7 @@ def test_length_aware_planning_keeps_every_item_once(store: Store, tmp_path: Pat
         planning_window=256,
         min_tasks_per_window=4,
     )
-    done = submit(store, None, src, spec)
+    done = submit_job(store, None, src, spec)
     assert done.total_items == 1000 and done.tasks == 32  # 4 windows of <=256 → 8,8,8,8 tasks
     with store.session() as s:
         items = s.execute(
@@ -74,7 +74,7 @@ def test_tasks_are_sized_by_work_by_default(store: Store, tmp_path: Path) -> Non
         task_tokens=2000,
         min_tasks_per_window=1,
     )
-    done = submit(store, None, src, spec)
+    done = submit_job(store, None, src, spec)
     with store.session() as s:
         rows = s.execute(
             select(Item.task_id, Item.prompt, Item.params).where(Item.job_id == done.job_id)
@@ -95,7 +95,7 @@ def test_tasks_are_sized_by_work_by_default(store: Store, tmp_path: Path) -> Non
 def test_rejected_input_leaves_no_job(store: Store, tmp_path: Path) -> None:
     src = write(tmp_path, [{"prompt": "ok"}] * 3 + [{"text": "wrong field"}])
     with pytest.raises(InputError) as err:
-        submit(store, None, src, JobSpec(kind="generate", model="tiny-gpt2"))
+        submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2"))
     assert "line 4" in str(err.value) and "prompt" in str(err.value)
     with store.session() as s:
         assert s.scalar(select(Job.id)) is None
@@ -106,7 +106,7 @@ def test_empty_input_is_rejected(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "empty.jsonl"
     src.write_text("\n\n")
     with pytest.raises(InputError, match="no records"):
-        submit(store, None, src, JobSpec(kind="generate", model="tiny-gpt2"))
+        submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2"))
 
 
 def test_model_checks_before_anything_is_stored(
@@ -117,11 +117,11 @@ def test_model_checks_before_anything_is_stored(
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     with pytest.raises(SpecError, match="safetensors"):
-        submit(store, None, src, JobSpec(kind="generate", model=str(empty)))
+        submit_job(store, None, src, JobSpec(kind="generate", model=str(empty)))
     with pytest.raises(SpecError, match="does not exist"):
-        submit(store, None, src, JobSpec(kind="generate", model=str(tmp_path / "missing")))
+        submit_job(store, None, src, JobSpec(kind="generate", model=str(tmp_path / "missing")))
     with pytest.raises(SpecError, match="max_new_tokens: 600 is not below the model's context"):
-        submit(
+        submit_job(
             store,
             None,
             src,
@@ -132,25 +132,25 @@ def test_model_checks_before_anything_is_stored(
             ),
         )
     with pytest.raises(SpecError, match="priority"):
-        submit(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", priority=12))
-    assert jobs.list_jobs(store) == []
+        submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", priority=12))
+    assert status.list_jobs(store) == []
 
 
 def test_idempotency_key_creates_one_job(store: Store, tmp_path: Path) -> None:
     src = write(tmp_path, [{"prompt": "a"}, {"prompt": "b"}])
     spec = JobSpec(kind="generate", model="tiny-gpt2", idempotency_key="nightly-2026-11-29")
-    first = submit(store, None, src, spec)
-    again = submit(store, None, src, spec)
+    first = submit_job(store, None, src, spec)
+    again = submit_job(store, None, src, spec)
     assert first.created and not again.created
     assert again.job_id == first.job_id and again.total_items == 2
-    assert len(jobs.list_jobs(store)) == 1
+    assert len(status.list_jobs(store)) == 1
 
 
 def test_small_jobs_are_cut_finer_and_longest_tasks_go_first(store: Store, tmp_path: Path) -> None:
     """A 100-item job is not 2 tasks of 64 (one worker would idle): at least 16 tasks,
     sent longest prompts first so the slow ones do not end up last."""
     src = write(tmp_path, [{"prompt": "x" * (i % 37 + 1)} for i in range(100)])
-    done = submit(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", chunk_size=64))
+    done = submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", chunk_size=64))
     assert done.tasks >= 16
     with store.session() as s:
         rows = s.execute(select(Item.task_id, Item.prompt).where(Item.job_id == done.job_id)).all()

@@ -10,6 +10,7 @@ import torch
 
 from genqueue.worker.engines import load_engine
 from genqueue.worker.engines.hf import HFEngine
+from genqueue.workeropts import WorkerOptions
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,7 +24,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 def _hf(model_dir: Path) -> Iterator[HFEngine]:
-    engine = load_engine("hf", str(model_dir))
+    engine = load_engine(WorkerOptions(model=str(model_dir), engine="hf"))
     assert isinstance(engine, HFEngine)
     yield engine
     engine.close()

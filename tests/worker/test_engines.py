@@ -18,6 +18,7 @@ from genqueue.params import GenerationParams
 from genqueue.protocol import resolve_model_ref
 from genqueue.worker.engines import EngineError, GenRequest, OutOfMemory, load_engine
 from genqueue.worker.engines.hf import HFEngine
+from genqueue.workeropts import WorkerOptions
 
 # Mixed lengths (1 to ~40 tokens) so batches really are padded.
 PROMPTS = [
@@ -136,7 +137,7 @@ def test_eos_finishes_with_stop(gpt2: HFEngine, tiny_gpt2_dir: Path, tmp_path: P
     cfg = json.loads((model_dir / "generation_config.json").read_text())
     cfg["eos_token_id"] = [cfg["eos_token_id"], fake_eos]
     (model_dir / "generation_config.json").write_text(json.dumps(cfg))
-    engine = load_engine("hf", str(model_dir))
+    engine = load_engine(WorkerOptions(model=str(model_dir), engine="hf"))
     res = engine.generate(reqs([PROMPTS[0], prompt], GenerationParams(max_new_tokens=12)))[1]
     tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
     assert res.outputs == [tok.decode(tokens[:end])]
@@ -235,7 +236,9 @@ def test_count_tokens_and_truncate(gpt2: HFEngine, t5: HFEngine) -> None:
 
 
 def test_host_memory_limit_raises_out_of_memory(tiny_gpt2_dir: Path) -> None:
-    engine = load_engine("hf", str(tiny_gpt2_dir), host_memory_limit_mb=1)
+    engine = load_engine(
+        WorkerOptions(model=str(tiny_gpt2_dir), engine="hf", host_memory_limit_mb=1)
+    )
     small = engine.generate(reqs(["A"], GenerationParams(max_new_tokens=4)))
     assert small[0].completion_tokens == 4
     # 2 * 3 layers * 256 * 16 rows * (~40 + 64) tokens * 4 bytes ~ 10 MiB > 1 MiB
@@ -250,19 +253,19 @@ def test_empty_prompt_is_rejected_for_decoder_only(gpt2: HFEngine) -> None:
 
 def test_deepspeed_on_cpu_matches_hf(gpt2: HFEngine, tiny_gpt2_dir: Path) -> None:
     pytest.importorskip("deepspeed")
-    ds = load_engine("deepspeed", str(tiny_gpt2_dir))
+    ds = load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="deepspeed"))
     assert (ds.info.engine, ds.info.dtype, ds.info.device) == ("deepspeed", "float32", "cpu")
     params = GenerationParams(max_new_tokens=10)
     assert [r.outputs for r in ds.generate(reqs(PROMPTS, params))] == [
         r.outputs for r in gpt2.generate(reqs(PROMPTS, params))
     ]
     with pytest.raises(EngineError, match="GPU"):
-        load_engine("deepspeed", str(tiny_gpt2_dir), tensor_parallel=2)
+        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="deepspeed", tensor_parallel=2))
     ds.close()
 
 
 def test_dry_run_echoes_the_prompt() -> None:
-    engine = load_engine("dry-run", "anything")
+    engine = load_engine(WorkerOptions(model="anything", engine="dry-run"))
     assert engine.info.engine == "dry-run"
     prompt = "Translate:  one two\nthree four five"
     short, cut, stopped = engine.generate(
@@ -281,26 +284,26 @@ def test_dry_run_echoes_the_prompt() -> None:
 
 def test_loader_errors(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
     with pytest.raises(EngineError, match="unknown engine 'vllm'; available: hf, deepspeed"):
-        load_engine("vllm", str(tiny_gpt2_dir))
+        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="vllm"))
     with pytest.raises(EngineError, match=r"model directory .*nope does not exist"):
-        load_engine("hf", str(tmp_path / "nope"))
+        load_engine(WorkerOptions(model=str(tmp_path / "nope"), engine="hf"))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     shutil.copy(tiny_gpt2_dir / "config.json", pickled)
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded, ever")
     with pytest.raises(EngineError, match=r"no safetensors weights in .*pytorch_model.bin"):
-        load_engine("hf", str(pickled))
+        load_engine(WorkerOptions(model=str(pickled), engine="hf"))
     custom = tmp_path / "custom"
     shutil.copytree(tiny_gpt2_dir, custom)
     cfg = json.loads((custom / "config.json").read_text())
     cfg.update(model_type="genqueue-custom", auto_map={"AutoConfig": "configuration_x.XConfig"})
     (custom / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(EngineError, match="trust_remote_code"):
-        load_engine("hf", str(custom))
+        load_engine(WorkerOptions(model=str(custom), engine="hf"))
     with pytest.raises(EngineError, match="tensor parallelism needs engine 'deepspeed'"):
-        load_engine("hf", str(tiny_gpt2_dir), tensor_parallel=2)
+        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="hf", tensor_parallel=2))
     with pytest.raises(EngineError, match="unknown dtype"):
-        load_engine("hf", str(tiny_gpt2_dir), dtype="float8")
+        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="hf", dtype="float8"))
 
 
 def test_loader_builds_builtin_tiny_model_on_first_use(
@@ -309,7 +312,7 @@ def test_loader_builds_builtin_tiny_model_on_first_use(
     monkeypatch.setenv("GENQUEUE_HOME", str(tmp_path))  # a fresh cache, not the session's
     model_dir = Path(resolve_model_ref("tiny-t5"))
     assert model_dir == tmp_path / "models" / "tiny-t5" and not model_dir.exists()
-    engine = load_engine("hf", str(model_dir))
+    engine = load_engine(WorkerOptions(model=str(model_dir), engine="hf"))
     assert (model_dir / "model.safetensors").is_file()
     assert engine.info.model_ref == str(model_dir) and engine.info.is_encoder_decoder
     res = engine.generate(reqs(["hello"], GenerationParams(max_new_tokens=3)))
@@ -321,7 +324,8 @@ def test_importing_engines_does_not_import_torch() -> None:
         "import sys\n"
         "import genqueue.worker.engines as e, genqueue.worker.batching\n"
         "from genqueue.params import GenerationParams\n"
-        "eng = e.load_engine('dry-run', 'm')\n"
+        "from genqueue.workeropts import WorkerOptions\n"
+        "eng = e.load_engine(WorkerOptions(model='m', engine='dry-run'))\n"
         "eng.generate([e.GenRequest(0, 'hi there', GenerationParams())])\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"

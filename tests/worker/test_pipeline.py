@@ -11,13 +11,16 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from genqueue.settings import Settings
-from genqueue.storage import jobs
 from genqueue.storage.db import Store, as_utc
-from genqueue.storage.models import Attempt, Job, Task
+from genqueue.storage.models import Attempt, Task
 from genqueue.storage.results import iter_results
+from genqueue.storage.status import view_job
 from genqueue.worker.engines.base import GenRequest, GenResult
 from genqueue.worker.engines.dryrun import DryRunEngine
-from genqueue.worker.runner import Pipeline, WorkerContext, run_task
+from genqueue.worker.pipeline import Pipeline
+from genqueue.worker.runner import WorkerContext, run_task
+from genqueue.workeropts import WorkerOptions
+from tests.storage import factories
 
 
 class SlowEngine(DryRunEngine):
@@ -25,7 +28,7 @@ class SlowEngine(DryRunEngine):
     were inside `generate` at once."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__("slow")
+        super().__init__(WorkerOptions(model="slow", engine="dry-run"))
         self.seconds = seconds
         self.active = self.max_active = 0
         self.spans: list[tuple[float, float]] = []
@@ -45,29 +48,15 @@ class SlowEngine(DryRunEngine):
 
 
 def make_job(store: Store, n_tasks: int, per_task: int) -> tuple[str, list[int]]:
-    job = jobs.create_job(
+    job = factories.make_job(
         store,
-        kind="generate",
+        n_tasks * per_task,
+        per_task,
+        prompt="item {} says hello world".format,
         model="slow",
-        queue="q",
         params={"max_new_tokens": 4},
-        chunk_size=per_task,
-        priority=5,
-        meta={},
-        options={},
     )
-    assert isinstance(job, Job)
-    n = n_tasks * per_task
-    items = [
-        jobs.NewItem(line=i + 1, custom_id=f"c{i}", prompt=f"item {i} says hello world")
-        for i in range(n)
-    ]
-    plan = [list(range(i, i + per_task)) for i in range(0, n, per_task)]
-    jobs.add_chunk(store, job, 0, items, plan)
-    jobs.open_job(store, job.id, n)
-    with store.read() as s:
-        tids = list(s.scalars(select(Task.id).where(Task.job_id == job.id).order_by(Task.id)))
-    return job.id, tids
+    return job.id, factories.task_ids(store, job.id)
 
 
 def context(store: Store, engine: DryRunEngine, **settings: object) -> WorkerContext:
@@ -85,7 +74,7 @@ def test_the_next_task_is_claimed_while_the_model_generates(store: Store) -> Non
     pipe = Pipeline(context(store, engine))
     for tid in tids:
         # Returns as soon as the model started on it: the task is not finished yet.
-        assert pipe.submit(tid) == "accepted"
+        assert pipe.accept(tid) == "accepted"
         with store.read() as s:
             assert s.scalar(select(Task.state).where(Task.id == tid)) == "running"
     pipe.close(timeout=30)
@@ -100,7 +89,7 @@ def test_the_next_task_is_claimed_while_the_model_generates(store: Store) -> Non
     generation_ends = [end for _, end in engine.spans][1::2]
     for k in range(len(tids) - 1):
         assert claimed[tids[k + 1]] < generation_ends[k]
-    view = jobs.view_job(store, job_id)
+    view = view_job(store, job_id)
     assert view.job.state == "completed" and view.counts.succeeded == 32
     assert [r.index for r in iter_results(store, job_id)] == list(range(32))
 
@@ -108,21 +97,22 @@ def test_the_next_task_is_claimed_while_the_model_generates(store: Store) -> Non
 def test_a_pipeline_and_a_plain_run_store_the_same_results(store: Store) -> None:
     first, tids_a = make_job(store, n_tasks=3, per_task=5)
     second, tids_b = make_job(store, n_tasks=3, per_task=5)
-    pipe = Pipeline(context(store, DryRunEngine("slow")))
+    pipe = Pipeline(context(store, DryRunEngine(WorkerOptions(model="slow", engine="dry-run"))))
     for tid in tids_a:
-        pipe.submit(tid)
+        pipe.accept(tid)
     pipe.close(timeout=30)
-    ctx = context(store, DryRunEngine("slow"))
+    ctx = context(store, DryRunEngine(WorkerOptions(model="slow", engine="dry-run")))
     for tid in tids_b:
         assert run_task(ctx, tid) == "done"
 
     def lines(job_id: str) -> list[tuple[str | None, str | None, int | None]]:
         return [
-            (r.output, r.finish_reason, r.completion_tokens) for r in iter_results(store, job_id)
+            (r.output, r.finish_reason, r.usage and r.usage.completion_tokens)
+            for r in iter_results(store, job_id)
         ]
 
     assert lines(first) == lines(second)
-    assert jobs.view_job(store, first).job.state == "completed"
+    assert view_job(store, first).job.state == "completed"
 
 
 def test_a_stopping_worker_releases_the_tasks_it_accepted(store: Store) -> None:
@@ -130,8 +120,8 @@ def test_a_stopping_worker_releases_the_tasks_it_accepted(store: Store) -> None:
     job_id, tids = make_job(store, n_tasks=2, per_task=12)  # 3 micro-batches per task
     ctx = context(store, engine)
     pipe = Pipeline(ctx)
-    pipe.submit(tids[0])
-    waiting = threading.Thread(target=pipe.submit, args=(tids[1],))  # claimed, waits
+    pipe.accept(tids[0])
+    waiting = threading.Thread(target=pipe.accept, args=(tids[1],))  # claimed, waits
     waiting.start()
     time.sleep(0.15)
     ctx.stop.set()  # SIGTERM: stop after the micro-batch in flight
@@ -144,6 +134,6 @@ def test_a_stopping_worker_releases_the_tasks_it_accepted(store: Store) -> None:
     # what was written kept, ready for another worker.
     assert states == {tids[0]: "queued", tids[1]: "queued"}
     assert outcomes == {"stopped"}
-    done = jobs.view_job(store, job_id).counts.succeeded
+    done = view_job(store, job_id).counts.succeeded
     assert 0 < done < 24
     assert len([r for r in iter_results(store, job_id)]) == done

@@ -2,11 +2,16 @@
 
 Importing this package is cheap (no torch): the scheduler side and `--engine dry-run`
 workers never pay for torch; "hf" and "deepspeed" import it when loaded.
+
+Every engine, built-in or your own (`--engine package.module:Class`), is constructed the
+same way: `Engine(options)`, with the worker's `WorkerOptions` (its `model` already
+resolved to a local directory or a hub id). It must provide the `Engine` interface of
+engines/base.py.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 from pathlib import Path
 
 from genqueue.protocol import local_model_problem, resolve_model_ref
@@ -19,6 +24,7 @@ from genqueue.worker.engines.base import (
     OutOfMemory,
 )
 from genqueue.worker.errors import EngineError
+from genqueue.workeropts import WorkerOptions
 
 __all__ = [
     "ENGINE_NAMES",
@@ -31,87 +37,40 @@ __all__ = [
     "OutOfMemory",
     "check_model_ref",
     "load_engine",
-    "local_revision",
 ]
 
-#: Engines `load_engine` knows, by the name users pass as `--engine`.
-ENGINE_NAMES = ("hf", "deepspeed", "dry-run")
+#: Engines `load_engine` knows, by the name users pass as `--engine`, and where each
+#: class lives (imported only when chosen).
+_BUILT_IN = {
+    "hf": "genqueue.worker.engines.hf:HFEngine",
+    "deepspeed": "genqueue.worker.engines.deepspeed:DeepSpeedEngine",
+    "dry-run": "genqueue.worker.engines.dryrun:DryRunEngine",
+}
+ENGINE_NAMES = tuple(_BUILT_IN)
+#: What an engine must provide (see engines/base.py).
+_REQUIRED = ("info", "count_tokens", "truncate", "generate", "close")
 
 
-def load_engine(
-    name: str,
-    model_ref: str,
-    *,
-    revision: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    tensor_parallel: int = 1,
-    host_memory_limit_mb: int | None = None,
-) -> Engine:
-    """Load `model_ref` (a resolved model reference) into the engine called `name`.
+def load_engine(options: WorkerOptions) -> Engine:
+    """Load the engine `options.engine` for `options.model` (resolved first).
 
     Raises `EngineError` with an actionable message when that is not possible.
     """
-    if name == "dry-run":
-        from genqueue.worker.engines.dryrun import DryRunEngine
-
-        return DryRunEngine(model_ref, revision=revision)
-    if ":" in name:
-        return _load_custom(name, model_ref, revision=revision, device=device, dtype=dtype)
-    if name not in ENGINE_NAMES:
+    name = options.engine
+    if name not in _BUILT_IN and ":" not in name:
         raise EngineError(
             f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}, or "
             "'package.module:Class' for your own Engine implementation"
         )
-    if tensor_parallel < 1:
-        raise EngineError(f"tensor_parallel must be >= 1 (got {tensor_parallel})")
-    if name == "hf":
-        if tensor_parallel != 1:
-            raise EngineError(
-                "the hf engine runs one model replica per process; tensor parallelism "
-                "needs engine 'deepspeed'"
-            )
-        from genqueue.worker.engines.hf import HFEngine
-
-        return HFEngine(
-            model_ref,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            host_memory_limit_mb=host_memory_limit_mb,
-        )
-    from genqueue.worker.engines.deepspeed import DeepSpeedEngine
-
-    return DeepSpeedEngine(
-        model_ref,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        tensor_parallel=tensor_parallel,
-        host_memory_limit_mb=host_memory_limit_mb,
-    )
-
-
-def _load_custom(spec: str, model_ref: str, **kwargs: object) -> Engine:
-    """An engine of your own, `package.module:Class`: the class is called with the model
-    reference and keyword arguments `revision`, `device` and `dtype`, and must provide
-    the `Engine` interface (see engines/base.py)."""
-    import importlib
-
+    resolved = options.model_copy(update={"model": resolve_model_ref(options.model)})
+    spec = _BUILT_IN.get(name, name)
     module_name, _, attr = spec.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise EngineError(f"cannot load engine {spec!r}: {exc}") from exc
-    engine = cls(model_ref, **kwargs)
-    missing = [
-        m
-        for m in ("info", "count_tokens", "truncate", "generate", "close")
-        if not hasattr(engine, m)
-    ]
+    engine = cls(resolved)
+    missing = [m for m in _REQUIRED if not hasattr(engine, m)]
     if missing:
         raise EngineError(
             f"engine {spec!r} lacks {', '.join(missing)} (see Engine in "
@@ -138,15 +97,3 @@ def check_model_ref(model_ref: str) -> str:
     if problem:
         raise EngineError(problem)
     return str(path.resolve())
-
-
-def local_revision(path: Path) -> str:
-    """A content id for a local model directory: "local-" + a short sha256 over the
-    weight files' names and sizes and config.json, so results record what ran."""
-    digest = hashlib.sha256()
-    for weight in sorted(path.glob("*.safetensors")):
-        digest.update(f"{weight.name}:{weight.stat().st_size}\n".encode())
-    config = path / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    return "local-" + digest.hexdigest()[:12]

@@ -9,33 +9,30 @@ mainly a way to test the integration.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
 
 import torch
 
+from genqueue.protocol import context_length
 from genqueue.worker.engines.hf import HFEngine, resolve_device
 from genqueue.worker.errors import EngineError
+from genqueue.workeropts import WorkerOptions
+
+log = logging.getLogger(__name__)
 
 
 class DeepSpeedEngine(HFEngine):
     """`HFEngine` whose model runs under `deepspeed.init_inference`."""
 
     engine_name = "deepspeed"
+    shards = True
 
-    def __init__(
-        self,
-        model_ref: str,
-        *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        trust_remote_code: bool = False,
-        tensor_parallel: int = 1,
-        host_memory_limit_mb: int | None = None,
-    ) -> None:
-        on_gpu = resolve_device(device).type == "cuda"
+    def __init__(self, options: WorkerOptions) -> None:
+        on_gpu = resolve_device(options.device).type == "cuda"
+        tensor_parallel = options.tensor_parallel
         if not on_gpu:
             if tensor_parallel != 1:
                 raise EngineError(
@@ -43,8 +40,10 @@ class DeepSpeedEngine(HFEngine):
                     "parallelism is a GPU path (on CPU its shared-memory all-reduce is "
                     "unreliable); use tensor_parallel=1 on CPU"
                 )
-            if dtype not in ("auto", "float32", "fp32"):
-                raise EngineError(f"DeepSpeed on CPU runs float32 only (got dtype {dtype!r})")
+            if options.dtype not in ("auto", "float32", "fp32"):
+                raise EngineError(
+                    f"DeepSpeed on CPU runs float32 only (got dtype {options.dtype!r})"
+                )
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if tensor_parallel > world:
             raise EngineError(
@@ -54,14 +53,7 @@ class DeepSpeedEngine(HFEngine):
             )
         self.tensor_parallel = tensor_parallel
         self.kernel_inject = on_gpu
-        super().__init__(
-            model_ref,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            host_memory_limit_mb=host_memory_limit_mb,
-        )
+        super().__init__(options)
 
     def _wrap_model(self, model: Any) -> Any:
         """Wrap with `init_inference`; generation then runs on the wrapped module."""
@@ -73,13 +65,18 @@ class DeepSpeedEngine(HFEngine):
             _single_process_dist_env()
             if not torch.distributed.is_initialized():
                 deepspeed.init_distributed(dist_backend="nccl")
-        max_context = getattr(model.config, "max_position_embeddings", None) or 1024
+        kwargs: dict[str, Any] = {}
+        max_context = context_length(model.config.to_dict())
+        if max_context is not None:
+            kwargs["max_out_tokens"] = max_context  # the KV cache injected kernels allocate
+        else:
+            log.info("the model declares no context length; DeepSpeed sizes its cache itself")
         self.ds_engine = deepspeed.init_inference(
             model,
             dtype=model.dtype,
             replace_with_kernel_inject=self.kernel_inject,
             tensor_parallel={"tp_size": self.tensor_parallel},
-            max_out_tokens=int(max_context),
+            **kwargs,
         )
         return self.ds_engine.module
 

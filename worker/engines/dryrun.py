@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo
+from genqueue.workeropts import WorkerOptions
 
 _WORD = re.compile(r"\S+")
 
@@ -17,10 +18,10 @@ _WORD = re.compile(r"\S+")
 class DryRunEngine:
     """Output = the prompt's first `max_new_tokens` whitespace-separated words."""
 
-    def __init__(self, model_ref: str, *, revision: str | None = None) -> None:
+    def __init__(self, options: WorkerOptions) -> None:
         self.info = ModelInfo(
-            model_ref=model_ref,
-            revision=revision,
+            model_ref=options.model,
+            revision=options.revision,
             engine="dry-run",
             is_encoder_decoder=False,
             max_context=None,

@@ -25,10 +25,13 @@ from transformers import (
 )
 
 from genqueue.params import GenerationParams
-from genqueue.worker.engines import check_model_ref, local_revision
+from genqueue.protocol import context_length
+from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
 from genqueue.worker.errors import EngineError
-from genqueue.worker.sampling import SeededSampler, item_seed, row_seeds
+from genqueue.worker.provenance import local_revision
+from genqueue.worker.sampling import SeededSampler, row_seeds, seed_or_random
+from genqueue.workeropts import WorkerOptions
 
 
 class HFEngine:
@@ -36,31 +39,32 @@ class HFEngine:
     (`_wrap_model`) and the generate call (`_model_generate`), e.g. for DeepSpeed."""
 
     engine_name = "hf"
+    #: Whether one engine spans several GPUs (`tensor_parallel` > 1).
+    shards = False
 
-    def __init__(
-        self,
-        model_ref: str,
-        *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        trust_remote_code: bool = False,
-        host_memory_limit_mb: int | None = None,
-    ) -> None:
-        model_ref = check_model_ref(model_ref)
-        self.device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, self.device)
-        self.host_memory_limit_mb = host_memory_limit_mb
-        common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    def __init__(self, options: WorkerOptions) -> None:
+        if options.tensor_parallel != 1 and not self.shards:
+            raise EngineError(
+                f"the {self.engine_name} engine runs one model replica per process; tensor "
+                "parallelism needs engine 'deepspeed'"
+            )
+        self.options = options
+        model_ref = check_model_ref(options.model)
+        self.device = resolve_device(options.device)
+        torch_dtype = resolve_dtype(options.dtype, self.device)
+        self.host_memory_limit_mb = options.host_memory_limit_mb
+        trust = options.trust_remote_code
+        common: dict[str, Any] = {"revision": options.revision, "trust_remote_code": trust}
         try:
             config = AutoConfig.from_pretrained(model_ref, **common)
             model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            # Safetensors only: pickled weights (.bin) can run code when loaded.
             model: Any = model_cls.from_pretrained(
                 model_ref, config=config, dtype=torch_dtype, use_safetensors=True, **common
             )
             self.tokenizer = AutoTokenizer.from_pretrained(model_ref, **common)
         except (OSError, ValueError) as exc:
-            raise _load_error(model_ref, exc, trust_remote_code) from exc
+            raise _load_error(model_ref, exc, trust) from exc
         self.config = config
         self.is_encoder_decoder = bool(config.is_encoder_decoder)
         if not self.is_encoder_decoder:
@@ -77,16 +81,13 @@ class HFEngine:
         if Path(model_ref).is_dir():
             loaded_revision: str | None = local_revision(Path(model_ref))
         else:
-            loaded_revision = getattr(config, "_commit_hash", None) or revision
-        max_context = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None
-        )
+            loaded_revision = getattr(config, "_commit_hash", None) or options.revision
         self.info = ModelInfo(
             model_ref=model_ref,
             revision=loaded_revision,
             engine=self.engine_name,
             is_encoder_decoder=self.is_encoder_decoder,
-            max_context=int(max_context) if max_context else None,
+            max_context=context_length(config.to_dict()),
             device=str(self.device),
             dtype=str(torch_dtype).removeprefix("torch."),
         )
@@ -167,7 +168,7 @@ class HFEngine:
         if not self.is_encoder_decoder and min(prompt_lens) == 0:
             raise ValueError("empty prompt: a decoder-only model needs at least one prompt token")
         self._check_host_memory(len(requests) * params.num_beams * k, input_len, params)
-        seeds = [item_seed(r.seed, params) for r in requests]
+        seeds = [seed_or_random(r.seed) for r in requests]
         kwargs = self._generate_kwargs(params, seeds)
         start = 1 if self.is_encoder_decoder else input_len  # after decoder_start / prompt
         if params.stop:

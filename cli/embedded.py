@@ -9,9 +9,12 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from genqueue.worker.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +63,16 @@ class EmbeddedStack:
         )
         self._thread.start()
 
-    def start_workers(self, spec: Any) -> None:
+    def start_workers(self, spec: WorkerSpec) -> Supervisor:
+        """Start local worker processes on this stack's settings (URLs included)."""
+        from dataclasses import replace
+
         from genqueue.worker.supervisor import Supervisor
 
-        env = {
-            "GENQUEUE_BROKER_URL": self.settings.broker_url or "",
-            "GENQUEUE_DATABASE_URL": self.settings.database_url or "",
-            "GENQUEUE_LEASE_SECONDS": str(self.settings.lease_seconds),
-            "GENQUEUE_TOKEN_BUDGET": str(self.settings.token_budget),
-            "GENQUEUE_MAX_BATCH_SIZE": str(self.settings.max_batch_size),
-        }
-        self.supervisor = Supervisor(type(spec)(**{**spec.__dict__, "env": {**spec.env, **env}}))
+        env = {**spec.env, **self.settings.child_env()}
+        self.supervisor = Supervisor(replace(spec, env=env))
         self.supervisor.start()
+        return self.supervisor
 
     def close(self) -> None:
         self._stop.set()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from genqueue.params import GenerationParams, describe_validation_error
+from genqueue.params import GenerationParams, derive_seed, describe_validation_error, item_seed
 
 
 def describe(**params: Any) -> str:
@@ -98,3 +98,14 @@ def test_merged_validates_overrides_against_the_job_params() -> None:
     assert describe_validation_error(err.value) == (
         "min_new_tokens (20) must be <= max_new_tokens (10)"
     )
+
+
+def test_an_items_seed_is_its_own_else_derived_from_the_job_seed_and_its_index() -> None:
+    assert item_seed(7, 123, 4) == 123  # the item's own params.seed wins
+    assert item_seed(None, None, 4) is None  # nothing to reproduce
+    derived = item_seed(7, None, 4)
+    assert derived == derive_seed(7, 4) and 0 <= derived < 2**63
+    # Stable across processes and versions (not hash()), distinct per index and seed.
+    assert derived == 2878643647184771376
+    assert len({item_seed(7, None, i) for i in range(1000)}) == 1000
+    assert item_seed(8, None, 4) != derived

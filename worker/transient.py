@@ -1,4 +1,5 @@
-"""Retrying transient failures (database restarts, broker blips) with backoff."""
+"""Transient failures (database restarts, broker blips): telling them apart, and
+retrying them with backoff."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Python client: submit, status, wait, results, cancel — no shelling out.
+"""genqueue.client: the Python client (an entry point above the services): submit,
+status, wait, results, cancel and retry, with no shelling out.
 
 from genqueue.client import Client
 gq = Client("postgresql://genqueue@db/genqueue", "redis://redis:6379/0")
@@ -77,7 +78,7 @@ class Client:
     ) -> str:
         """Submit a job from a file path, a binary stream, or an iterable of records;
         returns the job id. Generation params come as `params=` or keyword arguments."""
-        from genqueue.scheduler.submit import JobSpec, submit
+        from genqueue.scheduler.submit import JobSpec, submit_job
 
         merged = dict(params.model_dump() if isinstance(params, GenerationParams) else params or {})
         merged.update(param_kwargs)
@@ -98,19 +99,19 @@ class Client:
             trust_remote_code=trust_remote_code,
         )
         if isinstance(source, str | Path) or hasattr(source, "read"):
-            return submit(self.store, self.dispatcher, source, spec, fmt=format).job_id
+            return submit_job(self.store, self.dispatcher, source, spec, fmt=format).job_id
         with _spool(source) as stream:
-            return submit(
+            return submit_job(
                 self.store, self.dispatcher, stream, spec, fmt="jsonl", input_name="<records>"
             ).job_id
 
     def status(self, job_id: str) -> dict[str, Any]:
-        from genqueue.storage.jobs import view_job
+        from genqueue.storage.status import view_job
 
         return view_job(self.store, job_id).to_dict()
 
     def jobs(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        from genqueue.storage.jobs import list_jobs
+        from genqueue.storage.status import list_jobs
 
         return [v.to_dict() for v in list_jobs(self.store, limit=limit, state=state)]
 
@@ -141,8 +142,8 @@ class Client:
         """Result lines in input order (what is done so far on a running job)."""
         from genqueue.storage.results import iter_results
 
-        for row in iter_results(self.store, job_id, include_pending=include_pending):
-            yield row.to_record()
+        for line in iter_results(self.store, job_id, include_pending=include_pending):
+            yield line.to_record()
 
     def export(
         self, job_id: str, path: str, *, format: str | None = None, include_pending: bool = False
@@ -152,7 +153,7 @@ class Client:
         return export_results(self.store, job_id, path, fmt=format, include_pending=include_pending)
 
     def cancel(self, job_id: str) -> bool:
-        from genqueue.storage.jobs import request_cancel
+        from genqueue.storage.lifecycle import request_cancel
 
         return request_cancel(self.store, job_id)
 
@@ -165,13 +166,14 @@ class Client:
     ) -> int:
         """Re-run a finished job's failed/cancelled/expired items (or only `statuses`),
         keeping its successes; returns how many items were queued again."""
-        from genqueue.storage import jobs, leases
         from genqueue.storage.db import utcnow
+        from genqueue.storage.dispatch import queued_tasks
+        from genqueue.storage.retry import RETRYABLE, retry_items
 
         when = utcnow() + deadline if isinstance(deadline, timedelta) else deadline
-        n = jobs.retry_items(self.store, job_id, statuses or jobs.RETRYABLE, deadline_at=when)
+        n = retry_items(self.store, job_id, statuses or RETRYABLE, deadline_at=when)
         if n and self.dispatcher is not None:
-            self.dispatcher.send(self.store, leases.queued_tasks(self.store, job_id=job_id))
+            self.dispatcher.send(self.store, queued_tasks(self.store, job_id=job_id))
         return n
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from genqueue.storage.models import FINAL_JOB_STATES
+from genqueue.storage.status import JobCounts
 
 
 def follow(
@@ -51,7 +52,7 @@ def follow(
         task = bar.add_task(st["state"], total=total, rate="", failed="")
         while True:
             c = st["counts"]
-            done = c["succeeded"] + c["failed"] + c["cancelled"] + c["expired"]
+            done = JobCounts.from_dict(c).done
             now = time.monotonic()
             if done and first_done is None:
                 first_done = (now, done)

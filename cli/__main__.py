@@ -1,0 +1,5 @@
+"""`python -m genqueue.cli`: the same as the `genqueue` command."""
+
+from genqueue.cli.app import main
+
+main()

@@ -1,0 +1,96 @@
+"""The `genqueue` command line: the Typer app, the options every command shares, and
+`main`, which turns any error genqueue raises into one line on stderr.
+
+The commands live in job_commands.py (run, submit and the job views) and
+service_commands.py (the long-running roles: worker, scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from genqueue.errors import GenqueueError
+from genqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from genqueue.client import Client
+
+app = typer.Typer(
+    name="genqueue",
+    no_args_is_help=True,
+    add_completion=False,
+    help="A distributed job queue for batch text generation with pretrained language models.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", envvar="GENQUEUE_DATABASE_URL", help="SQL store URL")
+]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker-url", envvar="GENQUEUE_BROKER_URL", help="Redis broker URL")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def settings(database_url: str | None = None, broker_url: str | None = None) -> Settings:
+    """The environment's settings, with the URLs given as flags."""
+    s = Settings()
+    return s.model_copy(
+        update={
+            "database_url": database_url or s.database_url,
+            "broker_url": broker_url or s.broker_url,
+        }
+    )
+
+
+def client(database_url: str | None, broker_url: str | None, *, dispatch: bool = True) -> Client:
+    from genqueue.client import Client
+
+    return Client(settings=settings(database_url, broker_url), dispatch=dispatch)
+
+
+def summary(st: dict[str, Any], elapsed: float | None = None) -> str:
+    """`job … completed: 9 succeeded, 1 failed of 10 in 2.0s (5.0 items/s)`."""
+    c = st["counts"]
+    parts = [
+        f"job {st['job_id']} {st['state']}: {c['succeeded']} succeeded",
+        f"{c['failed']} failed",
+    ]
+    if c["cancelled"]:
+        parts.append(f"{c['cancelled']} cancelled")
+    if c["expired"]:
+        parts.append(f"{c['expired']} expired")
+    text = ", ".join(parts) + f" of {c['total']}"
+    if elapsed:
+        text += f" in {elapsed:.1f}s ({c['total'] / elapsed:.1f} items/s)"
+    return text
+
+
+def open_input(path: str) -> Any:
+    """A path, or stdin's bytes for `-`."""
+    return sys.stdin.buffer if path == "-" else path
+
+
+def default_output(input_path: str) -> str:
+    """Results next to the input: `reviews.jsonl` → `reviews.results.jsonl`."""
+    if input_path == "-":
+        return "results.jsonl"
+    p = Path(input_path)
+    stem = p.name.split(".")[0] or "input"
+    return str(p.with_name(f"{stem}.results.jsonl"))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except GenqueueError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,270 @@
+"""Commands about jobs: run one here, submit one, and look at, export, cancel or retry it.
+
+No `from __future__ import annotations` in command modules: Typer reads the options
+from the real annotation objects of each command.
+"""
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from genqueue import formats
+from genqueue.cli.app import (
+    BrokerOpt,
+    DbOpt,
+    JsonOpt,
+    app,
+    client,
+    default_output,
+    err,
+    open_input,
+    out,
+    settings,
+    summary,
+)
+from genqueue.cli.errors import LocalWorkersError
+from genqueue.cli.jobopts import JOB_OPTIONS, JobOptions, parse_deadline
+from genqueue.cli.options import OptionGroup, model_params, with_options
+from genqueue.storage.status import JobCounts
+from genqueue.workeropts import WorkerOptions
+
+#: `genqueue run`'s worker options: the job gives the model, revision and remote-code
+#: choice, the rest are WorkerOptions' own flags.
+_RUN_WORKERS = OptionGroup(
+    model_params(
+        WorkerOptions, exclude=("model", "revision", "trust_remote_code"), panel="Workers"
+    ),
+    dict,
+)
+
+
+@app.command()
+@with_options(job=JOB_OPTIONS, worker_options=_RUN_WORKERS)
+def run(
+    input: Annotated[str, typer.Argument(help="Input file (.jsonl/.csv/.parquet) or - for stdin")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Results file (.jsonl/.csv/.parquet); default: next to the input"
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Local worker processes (0 = one per GPU, or per 1-2 CPU cores)")
+    ] = 0,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where the embedded database and Redis live")
+    ] = None,
+    json_out: JsonOpt = False,
+    *,
+    job: JobOptions,
+    worker_options: dict[str, Any],
+) -> None:
+    """Run a job end to end on this machine: embedded Redis + SQLite + local workers."""
+    from genqueue.cli.embedded import EmbeddedStack
+    from genqueue.cli.progress import follow
+    from genqueue.protocol import cache_dir
+    from genqueue.worker.supervisor import WorkerSpec, visible_gpus
+
+    kwargs = job.submit_kwargs()
+    options = WorkerOptions(
+        model=kwargs["model"],
+        revision=kwargs["revision"],
+        trust_remote_code=kwargs["trust_remote_code"],
+        **worker_options,
+    )
+    state = state_dir or cache_dir() / "embedded"
+    gpus = visible_gpus() if options.device != "cpu" else []
+    n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
+    target = output or default_output(input)
+    started = time.monotonic()
+    stack = EmbeddedStack.start(state, settings())
+    try:
+        from genqueue.client import Client
+
+        gq = Client(settings=stack.settings)
+        job_id = gq.submit(open_input(input), **kwargs)
+        if not json_out:
+            err.print(
+                f"[bold]job {job_id}[/]: {gq.status(job_id)['counts']['total']} items, "
+                f"{n} worker process(es), model {kwargs['model']}"
+            )
+        sup = stack.start_workers(
+            WorkerSpec(options=options, processes=n, log_dir=str(state / "logs"))
+        )
+        stack.start_reconciler()
+
+        def check() -> None:
+            if min(sup.restarts) >= 3 and gq.status(job_id)["counts"]["succeeded"] == 0:
+                raise LocalWorkersError(
+                    "the worker processes keep exiting before doing any work; the end of "
+                    f"{sup.log_path(0)}:\n{sup.log_tail(0)}"
+                )
+
+        try:
+            final = follow(lambda: gq.status(job_id), err, check=check)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted: cancelling the job and writing partial results[/]")
+            gq.cancel(job_id)
+            final = gq.status(job_id)
+        n_lines = gq.export(job_id, target, include_pending=True)
+        elapsed = time.monotonic() - started
+        if json_out:
+            out.print_json(
+                data={**final, "results": target, "lines": n_lines, "elapsed_s": round(elapsed, 3)}
+            )
+        else:
+            err.print(summary(final, elapsed))
+            err.print(f"results: [bold]{target}[/] ({n_lines} lines)")
+        gq.close()
+    finally:
+        stack.close()
+    if final["state"] not in ("completed", "completed_with_errors"):
+        raise typer.Exit(1)
+
+
+@app.command()
+@with_options(job=JOB_OPTIONS)
+def submit(
+    input: Annotated[str, typer.Argument(help="Input file (.jsonl/.csv/.parquet) or - for stdin")],
+    wait: Annotated[bool, typer.Option(help="Wait for the job and show progress")] = False,
+    database_url: DbOpt = None,
+    broker_url: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    *,
+    job: JobOptions,
+) -> None:
+    """Submit a job to a deployment (GENQUEUE_DATABASE_URL + GENQUEUE_BROKER_URL); prints its id."""
+    gq = client(database_url, broker_url)
+    job_id = gq.submit(open_input(input), **job.submit_kwargs())
+    if json_out and not wait:
+        out.print_json(data={"job_id": job_id})
+    elif not wait:
+        out.print(job_id)
+    if wait:
+        from genqueue.cli.progress import follow
+
+        err.print(f"job {job_id} submitted")
+        final = follow(lambda: gq.status(job_id), err)
+        if json_out:
+            out.print_json(data=final)
+        else:
+            err.print(summary(final))
+        if final["state"] not in ("completed", "completed_with_errors"):
+            raise typer.Exit(1)
+
+
+#: What `genqueue status` shows of a job, in this order (when set).
+_STATUS_FIELDS = (
+    "job_id",
+    "state",
+    "kind",
+    "model",
+    "revision",
+    "engine",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "deadline_at",
+)
+
+
+@app.command()
+def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Show a job's state and counts."""
+    st = client(database_url, None, dispatch=False).status(job_id)
+    if json_out:
+        out.print_json(data=st)
+        return
+    table = Table(show_header=False, box=None)
+    for key in _STATUS_FIELDS:
+        if st.get(key) is not None:
+            table.add_row(key, str(st[key]))
+    table.add_row("items", ", ".join(f"{k} {v}" for k, v in st["counts"].items()))
+    if st["duplicate_executions"]:
+        table.add_row("duplicate executions", str(st["duplicate_executions"]))
+    out.print(table)
+
+
+@app.command()
+def jobs(
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state")] = None,
+    limit: int = 50,
+) -> None:
+    """List recent jobs."""
+    rows = client(database_url, None, dispatch=False).jobs(limit=limit, state=state)
+    if json_out:
+        out.print_json(data=rows)
+        return
+    table = Table("job", "state", "kind", "model", "done/total", "failed", "created")
+    for r in rows:
+        c = r["counts"]
+        table.add_row(
+            r["job_id"],
+            r["state"],
+            r["kind"],
+            Path(r["model"]).name,
+            f"{JobCounts.from_dict(c).done}/{c['total']}",
+            str(c["failed"]),
+            (r["created_at"] or "")[:19],
+        )
+    out.print(table)
+
+
+@app.command()
+def results(
+    job_id: str,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File (.jsonl/.csv/.parquet) or - for stdout")
+    ] = "-",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=" | ".join(formats.names("output")))
+    ] = None,
+    include_pending: Annotated[
+        bool, typer.Option(help="Also list items without a result yet")
+    ] = False,
+    database_url: DbOpt = None,
+) -> None:
+    """Export a job's results (works on a running job: returns what is done)."""
+    n = client(database_url, None, dispatch=False).export(
+        job_id, output, format=fmt, include_pending=include_pending
+    )
+    if output != "-":
+        err.print(f"wrote {n} lines to {output}")
+
+
+@app.command()
+def cancel(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Cancel a job: nothing new starts; results so far are kept."""
+    changed = client(database_url, None, dispatch=False).cancel(job_id)
+    if json_out:
+        out.print_json(data={"job_id": job_id, "cancelled": changed})
+    else:
+        err.print(f"job {job_id}: " + ("cancel requested" if changed else "already finished"))
+
+
+@app.command()
+def retry(
+    job_id: str,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="Only items in this status (repeatable): failed, cancelled, expired"),
+    ] = None,
+    deadline: Annotated[str | None, typer.Option(help="A new completion window (30m, 24h)")] = None,
+    database_url: DbOpt = None,
+    broker_url: BrokerOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-run a finished job's failed/cancelled/expired items, keeping its successes."""
+    n = client(database_url, broker_url).retry(
+        job_id, statuses=tuple(status) if status else None, deadline=parse_deadline(deadline)
+    )
+    if json_out:
+        out.print_json(data={"job_id": job_id, "requeued": n})
+    else:
+        err.print(f"job {job_id}: {n} item(s) queued again")

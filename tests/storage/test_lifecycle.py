@@ -1,0 +1,73 @@
+"""A job after submission: cancel, expiry, final states, removal."""
+
+from __future__ import annotations
+
+import pytest
+
+from genqueue.storage import leases, lifecycle, loading, status
+from genqueue.storage.claims import Claim, ClaimRefused
+from genqueue.storage.db import Store
+from genqueue.storage.errors import StorageError
+from genqueue.storage.models import ResultStatus
+from genqueue.storage.results import NewResult, iter_results, write_results
+from tests.storage.factories import finish, make_job, new_job, ok, task_ids
+
+
+def test_cancel_marks_unfinished_items(store: Store) -> None:
+    job = make_job(store, n=8, chunk=4)
+    first, _second = task_ids(store, job.id)
+    claim = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, Claim)
+    write_results(store, claim, [ok(claim.items[0].idx)])
+    assert lifecycle.request_cancel(store, job.id)
+    assert leases.job_stop_requested(store, job.id)
+    assert finish(store, claim, "stopped") == "cancelled"
+    lifecycle.finalize_job(store, job.id)  # a no-op when its last completion ended it
+    assert status.view_job(store, job.id).job.state == "cancelled"
+    statuses = [r.status for r in iter_results(store, job.id)]
+    assert statuses.count("succeeded") == 1 and statuses.count("cancelled") == 7
+    assert not lifecycle.request_cancel(store, job.id)  # already final
+
+
+def test_expired_deadline_keeps_partial_results(store: Store) -> None:
+    job = make_job(store, n=4, chunk=2)
+    first, second = task_ids(store, job.id)
+    claim = leases.claim_task(store, first, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, Claim)
+    write_results(store, claim, [ok(i.idx) for i in claim.items])
+    finish(store, claim, "done")
+    assert lifecycle.expire_job(store, job.id)
+    view = status.view_job(store, job.id)
+    assert view.job.state == "expired"
+    assert (view.counts.succeeded, view.counts.expired) == (2, 2)
+    refused = leases.claim_task(store, second, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(refused, ClaimRefused)
+
+
+def test_failed_items_make_completed_with_errors_or_failed(store: Store) -> None:
+    job = make_job(store, n=2, chunk=2)
+    (tid,) = task_ids(store, job.id)
+    claim = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, Claim)
+    bad = [
+        NewResult(idx=i, status=ResultStatus.FAILED, error_code="x", error_message="y")
+        for i in range(2)
+    ]
+    write_results(store, claim, bad)
+    finish(store, claim, "done")
+    lifecycle.finalize_job(store, job.id)  # a no-op when its last completion ended it
+    assert status.view_job(store, job.id).job.state == "failed"
+    rec = next(iter(iter_results(store, job.id))).to_record()
+    assert rec["error"] == {"code": "x", "message": "y"} and rec["usage"] is None
+
+
+def test_a_job_being_submitted_cannot_be_cancelled_or_written_once_removed(
+    store: Store,
+) -> None:
+    job = new_job(store, chunk=2)
+    with pytest.raises(StorageError, match="still being submitted"):
+        lifecycle.request_cancel(store, job.id)
+    lifecycle.delete_job(store, job.id)  # what the reconciler does to an abandoned submission
+    items = [loading.NewItem(line=1, custom_id="c0", prompt="p0")]
+    with pytest.raises(StorageError, match="removed while it was being submitted"):
+        loading.add_chunk(store, job, 0, items, [[0]])

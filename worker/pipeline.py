@@ -1,0 +1,123 @@
+"""Prefetch one task: while the model generates one task, the next is claimed and
+prepared, and a task's end and the next one's start commit together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from genqueue.storage import leases
+from genqueue.worker.runner import Running, WorkerContext, complete, generate, prepare
+from genqueue.worker.transient import retry_transient
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Runs tasks one stage apart: while the model generates task N, the Celery thread
+    claims and prepares task N+1 (prefetch one task). Only one task ever waits.
+
+    `accept` returns once the model thread took the task it was given, so the broker
+    message of the next task is fetched, and that task claimed, while this one
+    generates. The SQL lease, not the broker message, keeps an accepted task safe: if
+    the process dies, the lease expires and the task is re-queued.
+
+    A prefetched task is only held: its attempt begins in the transaction that
+    completes the task before it, so a task is fully recorded before the next one's
+    work starts, and a task that only waited is never charged an attempt when a poison
+    item kills the worker."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self._waiting: queue.Queue[Running | None] = queue.Queue(maxsize=1)
+        self._busy = threading.Event()  # the model thread has a task (any stage)
+        self._model = threading.Thread(target=self._loop, name="model", daemon=True)
+        self._model.start()
+
+    def accept(self, task_id: int) -> str:
+        # A task that will start at once (the model thread is idle: nothing else can
+        # take it first) counts its attempt when claimed; one that will wait is held.
+        got = prepare(self.ctx, task_id, begin=not self._busy.is_set())
+        if isinstance(got, str):
+            return got
+        self._busy.set()
+        self._waiting.put(got)
+        got.started.wait()
+        return "accepted"
+
+    def _loop(self) -> None:
+        try:
+            self._run_loop()
+        except BaseException:
+            # Nothing would generate or finish this worker's tasks any more: exit, so
+            # their leases expire and the supervisor starts a fresh process.
+            log.critical("the model thread failed; exiting", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    def _run_loop(self) -> None:
+        prev: Running | None = None  # generated, not yet completed
+        while True:
+            if prev is None:
+                self._busy.clear()
+                run = self._waiting.get()
+            else:
+                try:
+                    run = self._waiting.get_nowait()
+                except queue.Empty:
+                    self._complete(prev, None)  # nothing waits: complete it alone
+                    prev = None
+                    continue
+            if run is None:
+                if prev is not None:
+                    self._complete(prev, None)
+                return
+            stopping = self.ctx.stop.is_set()  # shutting down: release it untouched
+            start = None if run.claim.begun or stopping else run
+            if prev is not None:  # complete it, and begin this one, in one commit
+                began = self._complete(prev, start)
+            else:
+                began = self._begin(run) if start else None
+            # The Celery thread may fetch and claim the next task now: the previous one
+            # is committed, so at most this one and the next are held.
+            run.started.set()
+            if stopping:
+                run.outcome = "stopped"
+            elif began is False:
+                run.outcome = "lease_lost"  # it waited too long: someone else has it now
+            else:
+                try:
+                    generate(self.ctx, run)
+                except Exception:
+                    log.exception("task %s failed", run.claim.task_id)
+            prev = run
+
+    def _complete(self, run: Running, begin_next: Running | None) -> bool | None:
+        try:
+            return complete(self.ctx, run, begin_next)
+        except Exception:
+            # Could not record the end (database down for long): the lease expires and
+            # the reconciler re-queues the task.
+            log.exception("finishing task %s failed", run.claim.task_id)
+            return False if begin_next is not None else None
+
+    def _begin(self, run: Running) -> bool:
+        try:
+            return bool(
+                retry_transient(
+                    lambda: leases.begin_attempt(self.ctx.store, run.claim),
+                    what=f"starting task {run.claim.task_id}",
+                    stop=None,
+                )
+            )
+        except Exception:
+            log.exception("starting task %s failed", run.claim.task_id)
+            return False
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what was accepted (a stopping worker ends its tasks after the
+        micro-batch in flight), then stop the model thread."""
+        self._waiting.put(None)
+        self._model.join(timeout)

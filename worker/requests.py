@@ -1,0 +1,50 @@
+"""A claim's items as engine requests, and engine results as result rows."""
+
+from __future__ import annotations
+
+from genqueue.params import GenerationParams, item_seed
+from genqueue.storage.claims import Claim
+from genqueue.storage.models import ResultStatus
+from genqueue.storage.results import NewResult
+from genqueue.worker.engines.base import GenRequest, GenResult
+
+
+def build_requests(claim: Claim) -> list[GenRequest]:
+    """One request per item still lacking a result: the job's params with the item's
+    overrides, and the item's own seed (see genqueue.params.item_seed)."""
+    base = GenerationParams.model_validate(claim.job_params)
+    return [
+        GenRequest(
+            key=it.idx,
+            prompt=it.prompt,
+            params=base.merged(it.params),
+            seed=item_seed(base.seed, (it.params or {}).get("seed"), it.idx),
+        )
+        for it in claim.items
+    ]
+
+
+def to_new_result(r: GenResult, latency_ms: float) -> NewResult:
+    """The row to store for an engine result (a failure keeps its code and message)."""
+    if r.error is not None:
+        return NewResult(
+            idx=r.key,
+            status=ResultStatus.FAILED,
+            error_code=r.error.code,
+            error_message=r.error.message,
+            prompt_tokens=r.prompt_tokens or None,
+            truncated=r.truncated,
+            latency_ms=latency_ms,
+        )
+    many = len(r.outputs) > 1
+    return NewResult(
+        idx=r.key,
+        status=ResultStatus.SUCCEEDED,
+        output=r.outputs[0] if r.outputs else "",
+        outputs=list(r.outputs) if many else None,
+        finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+        truncated=r.truncated,
+        latency_ms=latency_ms,
+    )
