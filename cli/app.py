@@ -60,7 +60,9 @@ def summary(st: dict[str, Any], elapsed: float | None = None) -> str:
     """`job … completed: 9 succeeded, 1 failed of 10 in 2.0s (5.0 items/s)`."""
     c = st["counts"]
     parts = [
-        f"job {st['job_id']} {st['state']}: {c['succeeded']} succeeded",
+        f"{'batch' if 'batch_id' in st and 'jobs' in st else 'job'} "
+        f"{(st.get('jobs') and st['batch_id']) or st['job_id']} {st['state']}: "
+        f"{c['succeeded']} succeeded",
         f"{c['failed']} failed",
     ]
     if c["cancelled"]:

@@ -37,7 +37,8 @@ class EmbeddedStack:
     redis: Any = None
     store: Any = None
     dispatcher: Any = None
-    supervisor: Any = None
+    #: One per model the stack serves.
+    supervisors: list[Supervisor] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -70,14 +71,15 @@ class EmbeddedStack:
         from genqueue.worker.supervisor import Supervisor
 
         env = {**spec.env, **self.settings.child_env()}
-        self.supervisor = Supervisor(replace(spec, env=env))
-        self.supervisor.start()
-        return self.supervisor
+        supervisor = Supervisor(replace(spec, env=env))
+        supervisor.start()
+        self.supervisors.append(supervisor)
+        return supervisor
 
     def close(self) -> None:
         self._stop.set()
-        if self.supervisor is not None:
-            self.supervisor.stop(grace=10)
+        for supervisor in self.supervisors:
+            supervisor.stop(grace=10)
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.dispatcher is not None:

@@ -26,7 +26,7 @@ from genqueue.cli.app import (
     settings,
     summary,
 )
-from genqueue.cli.errors import LocalWorkersError
+from genqueue.cli.errors import LocalWorkersError, OptionError
 from genqueue.cli.jobopts import JOB_OPTIONS, JobOptions, parse_deadline
 from genqueue.cli.options import OptionGroup, model_params, with_options
 from genqueue.storage.status import JobCounts
@@ -58,6 +58,14 @@ def run(
     state_dir: Annotated[
         Path | None, typer.Option(help="Where the embedded database and Redis live")
     ] = None,
+    results_format: Annotated[
+        str | None,
+        typer.Option(help=f"{' | '.join(formats.names('output'))} (default: from -o's extension)"),
+    ] = None,
+    errors: Annotated[
+        str | None,
+        typer.Option(help="With --results-format openai: write failed lines to this file"),
+    ] = None,
     json_out: JsonOpt = False,
     *,
     job: JobOptions,
@@ -67,19 +75,15 @@ def run(
     from genqueue.cli.embedded import EmbeddedStack
     from genqueue.cli.progress import follow
     from genqueue.protocol import cache_dir
+    from genqueue.scheduler.exports import export_format
     from genqueue.worker.supervisor import WorkerSpec, visible_gpus
 
     kwargs = job.submit_kwargs()
-    options = WorkerOptions(
-        model=kwargs["model"],
-        revision=kwargs["revision"],
-        trust_remote_code=kwargs["trust_remote_code"],
-        **worker_options,
-    )
     state = state_dir or cache_dir() / "embedded"
-    gpus = visible_gpus() if options.device != "cpu" else []
-    n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
     target = output or default_output(input)
+    # A bad -o fails now, not after the job.
+    if export_format(target, results_format) != "openai" and errors is not None:
+        raise OptionError("--errors goes with --results-format openai")
     started = time.monotonic()
     stack = EmbeddedStack.start(state, settings())
     try:
@@ -87,22 +91,43 @@ def run(
 
         gq = Client(settings=stack.settings)
         job_id = gq.submit(open_input(input), **kwargs)
+        st = gq.status(job_id)
+        models = list(dict.fromkeys(st["models"] if "models" in st else [st["model"]]))
+        gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
+        n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
+        per_model = max(1, n // len(models))
         if not json_out:
             err.print(
-                f"[bold]job {job_id}[/]: {gq.status(job_id)['counts']['total']} items, "
-                f"{n} worker process(es), model {kwargs['model']}"
+                f"[bold]{job_id}[/]: {st['counts']['total']} items, {per_model * len(models)} "
+                f"worker process(es), model(s) {', '.join(Path(m).name for m in models)}"
             )
-        sup = stack.start_workers(
-            WorkerSpec(options=options, processes=n, log_dir=str(state / "logs"))
+        threads = worker_options.get("threads") or (
+            max(1, (os.cpu_count() or 1) // (per_model * len(models))) if len(models) > 1 else 0
         )
+        sups = [
+            stack.start_workers(
+                WorkerSpec(
+                    options=WorkerOptions(
+                        model=model,
+                        revision=kwargs["revision"],
+                        trust_remote_code=kwargs["trust_remote_code"],
+                        **{**worker_options, "threads": threads},
+                    ),
+                    processes=per_model,
+                    log_dir=str(state / "logs" / str(i)),
+                )
+            )
+            for i, model in enumerate(models)
+        ]
         stack.start_reconciler()
 
         def check() -> None:
-            if min(sup.restarts) >= 3 and gq.status(job_id)["counts"]["succeeded"] == 0:
-                raise LocalWorkersError(
-                    "the worker processes keep exiting before doing any work; the end of "
-                    f"{sup.log_path(0)}:\n{sup.log_tail(0)}"
-                )
+            for sup in sups:
+                if min(sup.restarts) >= 3 and gq.status(job_id)["counts"]["succeeded"] == 0:
+                    raise LocalWorkersError(
+                        "the worker processes keep exiting before doing any work; the end of "
+                        f"{sup.log_path(0)}:\n{sup.log_tail(0)}"
+                    )
 
         try:
             final = follow(lambda: gq.status(job_id), err, check=check)
@@ -110,7 +135,9 @@ def run(
             err.print("[yellow]interrupted: cancelling the job and writing partial results[/]")
             gq.cancel(job_id)
             final = gq.status(job_id)
-        n_lines = gq.export(job_id, target, include_pending=True)
+        n_lines = gq.export(
+            job_id, target, format=results_format, include_pending=True, errors=errors
+        )
         elapsed = time.monotonic() - started
         if json_out:
             out.print_json(
@@ -174,18 +201,24 @@ _STATUS_FIELDS = (
 
 @app.command()
 def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Show a job's state and counts."""
+    """Show a job's (or batch's) state and counts."""
     st = client(database_url, None, dispatch=False).status(job_id)
     if json_out:
         out.print_json(data=st)
         return
     table = Table(show_header=False, box=None)
-    for key in _STATUS_FIELDS:
+    for key in ("batch_id", *_STATUS_FIELDS):
         if st.get(key) is not None:
             table.add_row(key, str(st[key]))
     table.add_row("items", ", ".join(f"{k} {v}" for k, v in st["counts"].items()))
     if st["duplicate_executions"]:
         table.add_row("duplicate executions", str(st["duplicate_executions"]))
+    for j in st.get("jobs", ()):
+        c = j["counts"]
+        done = JobCounts.from_dict(c).done
+        table.add_row(
+            f"job {j['job_id']}", f"{j['state']}, {Path(j['model']).name}, {done}/{c['total']}"
+        )
     out.print(table)
 
 
@@ -228,14 +261,22 @@ def results(
     include_pending: Annotated[
         bool, typer.Option(help="Also list items without a result yet")
     ] = False,
+    errors: Annotated[
+        str | None,
+        typer.Option(
+            "--errors", help="With --format openai: write failed, cancelled, expired lines here"
+        ),
+    ] = None,
     database_url: DbOpt = None,
 ) -> None:
-    """Export a job's results (works on a running job: returns what is done)."""
+    """Export a job's or batch's results (on a running one: what is done so far)."""
     n = client(database_url, None, dispatch=False).export(
-        job_id, output, format=fmt, include_pending=include_pending
+        job_id, output, format=fmt, include_pending=include_pending, errors=errors
     )
     if output != "-":
-        err.print(f"wrote {n} lines to {output}")
+        err.print(
+            f"wrote {n} lines to {output}" + (f" (failed ones to {errors})" if errors else "")
+        )
 
 
 @app.command()

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,14 +34,17 @@ def _opt(name: str, ann: Any, default: Any, *decls: str, help: str) -> Param:
 
 
 _JOB: tuple[Param, ...] = (
-    _opt("kind", str, "generate", "--kind", "-k", help="generate | summarize | translate | qa"),
+    _opt(
+        "kind", str, "generate", "--kind", "-k", help="generate | summarize | translate | qa | chat"
+    ),
     _opt(
         "model",
-        str,
-        ...,
+        str | None,
+        None,
         "--model",
         "-m",
-        help="HF hub id, local model directory, or tiny-gpt2 / tiny-t5 (built locally)",
+        help="HF hub id, local model directory, or tiny-gpt2 / tiny-t5 (built locally); "
+        "required unless the input is OpenAI batch lines, whose body.model it overrides",
     ),
     _opt(
         "template",
@@ -55,6 +59,20 @@ _JOB: tuple[Param, ...] = (
         None,
         "--format",
         help=f"{' | '.join(formats.names('input'))} (default: from the extension)",
+    ),
+    _opt(
+        "chat",
+        bool,
+        False,
+        help="Send each prompt through the model's chat template as the user turn "
+        "(instruction-tuned models); kind chat always does",
+    ),
+    _opt("system", str | None, None, help="A system message for conversations without one"),
+    _opt(
+        "chat_template",
+        Path | None,
+        None,
+        help="A Jinja chat template file to use instead of the model's (stored with the job)",
     ),
     _opt("target_lang", str | None, None, help="translate: default target language"),
     _opt("source_lang", str | None, None, help="translate: default source language"),
@@ -162,11 +180,23 @@ class JobOptions:
             "idempotency_key": v.get("idempotency_key"),
             "truncate": v["truncate"],
             "trust_remote_code": v["trust_remote_code"],
+            "chat": v["chat"],
+            "system": v.get("system"),
+            "chat_template": _read_template(v.get("chat_template")),
             "format": v.get("input_format"),
         }
 
 
 JOB_OPTIONS = OptionGroup(_JOB + _generation_params(), JobOptions)
+
+
+def _read_template(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--chat-template: cannot read {path}: {exc}") from exc
 
 
 def _json_object(flag: str, text: str) -> dict[str, Any]:

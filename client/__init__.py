@@ -60,8 +60,8 @@ class Client:
         self,
         source: str | Path | BinaryIO | Iterable[dict[str, Any]],
         *,
-        kind: str,
-        model: str,
+        kind: str = "generate",
+        model: str | None = None,
         template: str | None = None,
         params: GenerationParams | dict[str, Any] | None = None,
         defaults: dict[str, str] | None = None,
@@ -73,11 +73,17 @@ class Client:
         idempotency_key: str | None = None,
         truncate: bool = False,
         trust_remote_code: bool = False,
+        chat: bool = False,
+        system: str | None = None,
+        chat_template: str | None = None,
         format: str | None = None,
         **param_kwargs: Any,
     ) -> str:
         """Submit a job from a file path, a binary stream, or an iterable of records;
-        returns the job id. Generation params come as `params=` or keyword arguments."""
+        returns its id. OpenAI batch lines (`format="openai"`, or detected) become a
+        batch of one job per model they name, and the batch's id ("batch_...") is
+        returned; every method below takes either id. Generation params come as
+        `params=` or keyword arguments."""
         from genqueue.scheduler.submit import JobSpec, submit_job
 
         merged = dict(params.model_dump() if isinstance(params, GenerationParams) else params or {})
@@ -97,17 +103,30 @@ class Client:
             idempotency_key=idempotency_key,
             truncate=truncate,
             trust_remote_code=trust_remote_code,
+            chat=chat,
+            system=system,
+            chat_template=chat_template,
         )
         if isinstance(source, str | Path) or hasattr(source, "read"):
             return submit_job(self.store, self.dispatcher, source, spec, fmt=format).job_id
         with _spool(source) as stream:
             return submit_job(
-                self.store, self.dispatcher, stream, spec, fmt="jsonl", input_name="<records>"
+                self.store,
+                self.dispatcher,
+                stream,
+                spec,
+                fmt=format or "jsonl",
+                input_name="<records>",
             ).job_id
 
     def status(self, job_id: str) -> dict[str, Any]:
+        """A job's state and counts; for a batch, its jobs' summed, with each job's."""
+        from genqueue.storage.batches import view_batch
+        from genqueue.storage.loading import BATCH_PREFIX
         from genqueue.storage.status import view_job
 
+        if job_id.startswith(BATCH_PREFIX):
+            return view_batch(self.store, job_id).to_dict()
         return view_job(self.store, job_id).to_dict()
 
     def jobs(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
@@ -140,22 +159,41 @@ class Client:
 
     def results(self, job_id: str, *, include_pending: bool = False) -> Iterator[dict[str, Any]]:
         """Result lines in input order (what is done so far on a running job)."""
-        from genqueue.storage.results import iter_results
+        from genqueue.scheduler.exports import iter_lines
 
-        for line in iter_results(self.store, job_id, include_pending=include_pending):
+        for line in iter_lines(self.store, job_id, include_pending=include_pending):
             yield line.to_record()
 
     def export(
-        self, job_id: str, path: str, *, format: str | None = None, include_pending: bool = False
+        self,
+        job_id: str,
+        path: str,
+        *,
+        format: str | None = None,
+        include_pending: bool = False,
+        errors: str | None = None,
     ) -> int:
+        """Write the results to a file ("-": stdout); returns the lines written. With
+        format "openai", `errors` names OpenAI's error file (failed, cancelled and
+        expired lines go there)."""
         from genqueue.scheduler.exports import export_results
 
-        return export_results(self.store, job_id, path, fmt=format, include_pending=include_pending)
+        return export_results(
+            self.store,
+            job_id,
+            path,
+            fmt=format,
+            include_pending=include_pending,
+            errors_path=errors,
+        )
 
     def cancel(self, job_id: str) -> bool:
+        """Stop a job (or every job of a batch); False when all had finished already."""
+        from genqueue.scheduler.exports import job_rows
         from genqueue.storage.lifecycle import request_cancel
 
-        return request_cancel(self.store, job_id)
+        changed = [request_cancel(self.store, job.id) for job in job_rows(self.store, job_id)]
+        return any(changed)
 
     def retry(
         self,
@@ -164,17 +202,21 @@ class Client:
         statuses: tuple[str, ...] | None = None,
         deadline: datetime | timedelta | None = None,
     ) -> int:
-        """Re-run a finished job's failed/cancelled/expired items (or only `statuses`),
-        keeping its successes; returns how many items were queued again."""
+        """Re-run a finished job's (or batch's) failed/cancelled/expired items (or only
+        `statuses`), keeping its successes; returns how many items were queued again."""
+        from genqueue.scheduler.exports import job_rows
         from genqueue.storage.db import utcnow
         from genqueue.storage.dispatch import queued_tasks
         from genqueue.storage.retry import RETRYABLE, retry_items
 
         when = utcnow() + deadline if isinstance(deadline, timedelta) else deadline
-        n = retry_items(self.store, job_id, statuses or RETRYABLE, deadline_at=when)
-        if n and self.dispatcher is not None:
-            self.dispatcher.send(self.store, queued_tasks(self.store, job_id=job_id))
-        return n
+        total = 0
+        for job in job_rows(self.store, job_id):
+            n = retry_items(self.store, job.id, statuses or RETRYABLE, deadline_at=when)
+            if n and self.dispatcher is not None:
+                self.dispatcher.send(self.store, queued_tasks(self.store, job_id=job.id))
+            total += n
+        return total
 
     def close(self) -> None:
         if self._dispatcher is not None:

@@ -30,6 +30,9 @@ FORMATS: tuple[Format, ...] = (
     Format("jsonl", (".jsonl", ".json", ".ndjson"), aliases=("json", "ndjson")),
     Format("csv", (".csv",)),
     Format("parquet", (".parquet", ".pq"), aliases=("pq",), streams=False),
+    # OpenAI batch lines: JSON Lines of {custom_id, method, url, body} in, and of
+    # {id, custom_id, response, error} out. Chosen by name (input: also detected).
+    Format("openai", (), aliases=("openai-batch",)),
 )
 #: What a gzip ending wraps (inputs only; Parquet compresses internally).
 GZIP_SUFFIX = ".gz"

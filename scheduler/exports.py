@@ -7,7 +7,9 @@ they arrive (Parquet in row groups). Every format is a view of `ResultLine`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import heapq
 import json
 import os
 import sys
@@ -18,8 +20,13 @@ from typing import IO, Any
 from genqueue import formats
 from genqueue.resultline import FLAT_COLUMNS, ResultLine
 from genqueue.scheduler.errors import ExportError
+from genqueue.scheduler.openai_format import Origin, is_error_line, output_line
+from genqueue.storage import batches
 from genqueue.storage.db import Store
-from genqueue.storage.results import iter_results
+from genqueue.storage.loading import BATCH_PREFIX
+from genqueue.storage.models import Job
+from genqueue.storage.results import StoredResult, iter_results, iter_stored
+from genqueue.storage.status import view_job
 
 #: The result formats, by name (see genqueue/formats.py).
 EXPORT_FORMATS = formats.names("output")
@@ -101,6 +108,54 @@ def _write_parquet(lines: Iterator[ResultLine], path: str) -> int:
     return n
 
 
+def job_rows(store: Store, job_or_batch: str) -> list[Job]:
+    """The jobs of an id: the job itself, or a batch's jobs."""
+    if job_or_batch.startswith(BATCH_PREFIX):
+        return batches.batch_jobs(store, job_or_batch)
+    return [view_job(store, job_or_batch).job]
+
+
+def iter_lines(
+    store: Store, job_or_batch: str, *, include_pending: bool = False
+) -> Iterator[ResultLine]:
+    """Result lines of a job or a batch, in input order (a batch's jobs merged)."""
+    streams = [
+        iter_results(store, job.id, include_pending=include_pending)
+        for job in job_rows(store, job_or_batch)
+    ]
+    return heapq.merge(*streams, key=lambda line: line.index)
+
+
+def iter_openai(store: Store, job_or_batch: str) -> Iterator[dict[str, Any]]:
+    """OpenAI batch output (and error) lines of a job or a batch, in input order; items
+    without a result yet have none."""
+    streams = [_tagged(store, job) for job in job_rows(store, job_or_batch)]
+    for _, stored, origin in heapq.merge(*streams, key=lambda t: t[0]):
+        yield output_line(
+            stored.line,
+            origin,
+            created=stored.created_at,
+            finish_reasons=stored.finish_reasons,
+        )
+
+
+def _tagged(store: Store, job: Job) -> Iterator[tuple[int, StoredResult, Origin]]:
+    """A job's stored results, each with its index and the job's origin."""
+    origin = Origin(job.id, job.kind, str((job.options or {}).get("model_name") or job.model))
+    for stored in iter_stored(store, job.id):
+        yield stored.line.index, stored, origin
+
+
+def _write_openai(lines: Iterator[dict[str, Any]], out: IO[str], errors: IO[str] | None) -> int:
+    n = 0
+    for line in lines:
+        target = errors if errors is not None and is_error_line(line) else out
+        target.write(json.dumps(line, ensure_ascii=False))
+        target.write("\n")
+        n += 1
+    return n
+
+
 def export_results(
     store: Store,
     job_id: str,
@@ -108,29 +163,53 @@ def export_results(
     *,
     fmt: str | None = None,
     include_pending: bool = False,
+    errors_path: str | None = None,
 ) -> int:
-    """Write the job's results to `path` ('-' = stdout, JSONL/CSV only); returns the
-    number of lines written. Writes to a temporary file first, so a reader never sees a
-    half-written export."""
+    """Write the results of a job (or a batch) to `path` ('-' = stdout, not Parquet);
+    returns the number of lines written. With format "openai" and `errors_path`, the
+    lines of failed, cancelled and expired items go there instead (OpenAI's error file).
+    Writes to temporary files first, so a reader never sees a half-written export."""
     fmt = export_format(path, fmt)
-    rows = iter_results(store, job_id, include_pending=include_pending)
+    if errors_path is not None and fmt != "openai":
+        raise ExportError("an error file (--errors) goes with --format openai")
     if path == "-":
         found = formats.by_name(fmt, "output")
         if found is not None and not found.streams:
             raise ExportError(f"{fmt} cannot be written to stdout; give a file path")
-        return (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, sys.stdout)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    job_rows(store, job_id)  # an unknown id fails before any file is touched
+    with contextlib.ExitStack() as files:
+        out = _open_atomic(files, path)
+        errors = _open_atomic(files, errors_path) if errors_path else None
+        if fmt == "openai":
+            return _write_openai(iter_openai(store, job_id), out, errors)
+        rows = iter_lines(store, job_id, include_pending=include_pending)
         if fmt == "parquet":
-            n = _write_parquet(rows, str(tmp))
-        else:
-            with open(tmp, "w", encoding="utf-8", newline="") as out:
-                n = (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, out)
-        os.replace(tmp, target)
+            out.close()
+            return _write_parquet(rows, out.name)
+        return (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, out)
+
+
+def _open_atomic(files: contextlib.ExitStack, path: str) -> IO[str]:
+    """A text file that appears at `path` only once complete (stdout for '-')."""
+    if path == "-":
+        return sys.stdout
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        out = open(tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n
+
+    def finish(exc_type: object, exc: object, tb: object) -> None:
+        out.close()
+        try:
+            if exc_type is None:
+                os.replace(tmp, target)
+        except OSError as err:
+            raise ExportError(f"cannot write {path}: {err}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    files.push(finish)
+    return out

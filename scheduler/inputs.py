@@ -3,13 +3,17 @@ into a prompt (the byte-level readers are in readers/)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from genqueue import formats
-from genqueue.scheduler.errors import InputFormatError, LineProblem, RecordError
+from genqueue.scheduler.chat import Message, as_conversation, flatten, record_messages
+from genqueue.scheduler.errors import InputFormatError, LineProblem, RecordError, SpecError
 from genqueue.scheduler.kinds import (
     JobInputSpec,
     record_custom_id,
@@ -17,20 +21,33 @@ from genqueue.scheduler.kinds import (
     render_prompt,
     validate_spec,
 )
-from genqueue.scheduler.readers import FORMATS, Record, Source, detection_name, iter_records
+from genqueue.scheduler.openai_format import is_openai_line, parse_request
+from genqueue.scheduler.readers import (
+    FORMATS,
+    Record,
+    Records,
+    Source,
+    detection_name,
+    iter_records,
+)
 
-__all__ = ["FORMATS", "ParsedItem", "detect_format", "iter_records", "read_items"]
+__all__ = ["FORMATS", "ParsedItem", "detect_format", "iter_records", "open_items", "read_items"]
 
 
 @dataclass(frozen=True)
 class ParsedItem:
-    """One valid input record: its prompt and its validated per-item param overrides
-    (only the keys the item set, JSON-ready; None when it set none)."""
+    """One valid input record: its prompt (for a chat item, a plain-text view of its
+    conversation), its validated per-item param overrides (only the keys the item set,
+    JSON-ready; None when it set none) and, for chat items, its messages. OpenAI lines
+    also name their kind and model."""
 
     line: int
     custom_id: str | None
     prompt: str
     params: dict[str, Any] | None
+    messages: list[Message] | None = None
+    kind: str | None = None
+    model: str | None = None
 
 
 def detect_format(path_or_name: str, explicit: str | None = None) -> str:
@@ -71,26 +88,57 @@ def read_items(
     The spec and the file's existence are checked before this returns (SpecError,
     InputFormatError).
     """
+    return open_items(source, spec, fmt=fmt)[1]
+
+
+def open_items(
+    source: Source, spec: JobInputSpec, *, fmt: str | None = None
+) -> tuple[str, Iterator[ParsedItem | LineProblem]]:
+    """`read_items`, and the format read: "openai" when asked for, or when JSON Lines
+    turn out to be OpenAI batch lines (their first record has custom_id, method, url and
+    body)."""
     validate_spec(spec)
     resolved = detect_format(detection_name(source), fmt)
-    records = iter_records(source, resolved)
-    tabular = resolved != "jsonl"
-    return (
-        record if isinstance(record, LineProblem) else _parse_item(line, record, spec, tabular)
+    records = iter_records(source, "jsonl" if resolved == "openai" else resolved)
+    if resolved == "jsonl":
+        records, resolved = _sniff(records)
+    if resolved == "openai":
+        if spec.template is not None:
+            raise SpecError(
+                "a template does not apply to OpenAI batch lines: each line's body is its "
+                "request (remove --template)"
+            )
+        parse = _parse_openai
+    else:
+        tabular = resolved != "jsonl"
+        parse = functools.partial(_parse_item, tabular=tabular)
+    items = (
+        record if isinstance(record, LineProblem) else parse(line, record, spec)
         for line, record in records
     )
+    return resolved, items
+
+
+def _sniff(records: Records) -> tuple[Records, str]:
+    """Look at the first record to tell OpenAI batch lines from plain JSON Lines."""
+    first = next(records, None)
+    if first is None:
+        return iter(()), "jsonl"
+    fmt = "openai" if isinstance(first[1], dict) and is_openai_line(first[1]) else "jsonl"
+    return itertools.chain([first], records), fmt
 
 
 # -- records to items --------------------------------------------------------------------
 
 
 def _parse_item(
-    line: int, record: Record, spec: JobInputSpec, tabular: bool
+    line: int, record: Record, spec: JobInputSpec, *, tabular: bool
 ) -> ParsedItem | LineProblem:
     """Validate one record; collect every problem in it, so one fix round is enough."""
     problems: list[str] = []
     custom_id = params = None
     prompt = ""
+    messages = None
     try:
         custom_id = record_custom_id(record.get("custom_id"))
     except RecordError as exc:
@@ -101,9 +149,40 @@ def _parse_item(
     except RecordError as exc:
         problems.append(str(exc))
     try:
-        prompt = render_prompt(spec, record)
+        if spec.kind == "chat":
+            value = record.get("messages")
+            if tabular and isinstance(value, str):
+                value = _json_cell("messages", value)
+            messages = record_messages(value, system=spec.system)
+            prompt = flatten(messages)
+        else:
+            prompt = render_prompt(spec, record)
+            if spec.chat:
+                messages = as_conversation(prompt, spec.system)
     except RecordError as exc:
         problems.append(str(exc))
     if problems:
         return LineProblem(line, "; ".join(problems), custom_id)
-    return ParsedItem(line=line, custom_id=custom_id, prompt=prompt, params=params)
+    return ParsedItem(line, custom_id, prompt, params, messages)
+
+
+def _parse_openai(line: int, record: Record, spec: JobInputSpec) -> ParsedItem | LineProblem:
+    """One OpenAI batch line as an item of its kind and model."""
+    custom_id = None
+    try:
+        custom_id = record_custom_id(record.get("custom_id"))
+        if custom_id is None:
+            raise RecordError("custom_id is missing; every OpenAI batch line needs one")
+        req = parse_request(record, system=spec.system)
+        params = record_params(req.params or None, spec.base_params)
+    except RecordError as exc:
+        return LineProblem(line, str(exc), custom_id)
+    return ParsedItem(line, custom_id, req.prompt, params, req.messages, req.kind, req.model)
+
+
+def _json_cell(name: str, text: str) -> Any:
+    """A CSV cell holding JSON (a conversation)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{name} is not valid JSON: {exc.msg} (column {exc.colno})") from None

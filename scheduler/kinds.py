@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler.errors import RecordError, SpecError
 
-KINDS = ("generate", "summarize", "translate", "qa")
+#: Job kinds. "chat" records carry a conversation (`messages`) instead of prompt fields.
+KINDS = ("generate", "summarize", "translate", "qa", "chat")
 
 #: Record keys that are metadata, not text: never required, never defaults.
 RESERVED_FIELDS = ("custom_id", "params")
@@ -41,6 +42,8 @@ class _Kind:
 
 
 _KINDS: dict[str, _Kind] = {
+    # Records give `messages`; its prompt is rendered by the worker (chat.py).
+    "chat": _Kind(("messages",), (), "", ""),
     "generate": _Kind(("prompt",), (), "{prompt}", "{prompt}"),
     "summarize": _Kind(("text",), (), "summarize: {text}", "summarize: {text}"),
     "translate": _Kind(
@@ -70,15 +73,31 @@ class JobInputSpec:
     #: Job-level field values, used when a record lacks the field or leaves it blank.
     defaults: dict[str, str] = field(default_factory=dict)
     base_params: GenerationParams = field(default_factory=GenerationParams)
+    #: Send each prompt as the user turn of a conversation, through the chat template
+    #: (always true for kind "chat").
+    chat: bool = False
+    #: A system message for conversations that have none.
+    system: str | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.chat or self.kind == "chat"
 
 
 def validate_spec(spec: JobInputSpec) -> None:
     """Check a job spec before any input is read, so a bad spec fails fast and once
     instead of once per record."""
     _kind(spec.kind)
+    if spec.kind == "chat" and spec.template is not None:
+        raise SpecError(
+            "kind 'chat' takes each record's messages as they are; a template applies to "
+            "the other kinds (use --chat to send a templated prompt as the user turn)"
+        )
+    if spec.system is not None and (not isinstance(spec.system, str) or not spec.system.strip()):
+        raise SpecError("system: give the system message as non-empty text")
     if spec.template is not None:
         if not isinstance(spec.template, str):
-            raise SpecError(f"template must be a string, got {_type_name(spec.template)}")
+            raise SpecError(f"template must be a string, got {type_name(spec.template)}")
         if not spec.template.strip():
             raise SpecError("template is empty; give a template such as 'summarize: {text}'")
         _compile(spec.template)
@@ -91,7 +110,7 @@ def validate_spec(spec: JobInputSpec) -> None:
             raise SpecError(f"defaults: {name!r} is set per record, it cannot be a job default")
         if not isinstance(value, str):
             raise SpecError(
-                f"defaults: {name!r} must be a string, got {_type_name(value)} ({value!r})"
+                f"defaults: {name!r} must be a string, got {type_name(value)} ({value!r})"
             )
     if not isinstance(spec.base_params, GenerationParams):
         raise SpecError("base_params must be a GenerationParams")
@@ -136,7 +155,7 @@ def record_custom_id(value: Any) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RecordError(
-            f"custom_id must be a string or an integer, got {_type_name(value)} ({_short(value)})"
+            f"custom_id must be a string or an integer, got {type_name(value)} ({_short(value)})"
         )
     text = str(value)
     if not text.strip():
@@ -168,7 +187,7 @@ def record_params(
     if not isinstance(value, dict):
         raise RecordError(
             'params must be an object of generation parameters, e.g. {"temperature": 0.7}, '
-            f"got {_type_name(value)} ({_short(value)})"
+            f"got {type_name(value)} ({_short(value)})"
         )
     if not value:
         return None
@@ -265,7 +284,7 @@ def _format_value(piece: _Piece, value: Any) -> str:
     elif not isinstance(value, str | int | float):
         raise RecordError(
             f"template field {{{piece.name}}} must be text or a number, "
-            f"got {_type_name(value)} ({_short(value)})"
+            f"got {type_name(value)} ({_short(value)})"
         )
     if piece.conversion == "r":
         value = repr(value)
@@ -277,7 +296,7 @@ def _format_value(piece: _Piece, value: Any) -> str:
         return format(value, piece.format_spec)
     except (ValueError, TypeError) as exc:
         raise RecordError(
-            f"template field {{{piece.name}}} ({_type_name(value)} {_short(value)}) cannot "
+            f"template field {{{piece.name}}} ({type_name(value)} {_short(value)}) cannot "
             f"be formatted with ':{piece.format_spec}': {exc}"
         ) from exc
 
@@ -305,7 +324,7 @@ def _lookup(name: str, record: Mapping[str, Any], defaults: Mapping[str, str]) -
 def _text_field(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise RecordError(
-            f"field {name!r} must be a string, got {_type_name(value)} ({_short(value)})"
+            f"field {name!r} must be a string, got {type_name(value)} ({_short(value)})"
         )
     return value
 
@@ -319,7 +338,7 @@ def _describe_fields(record: Mapping[str, Any]) -> str:
     return f"the record has: {shown}{more}"
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     """JSON's name for a value's type: users write JSON, CSV or Parquet, not Python."""
     if value is None:
         return "null"

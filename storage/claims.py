@@ -19,6 +19,7 @@ class ClaimedItem:
     custom_id: str
     prompt: str
     params: dict[str, Any] | None
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Claim:
     job_params: dict[str, Any]
     job_options: dict[str, Any]
     items: list[ClaimedItem]  # only the items that still lack a result
+    #: The job's own chat template (None: the model's, for chat items).
+    chat_template: str | None = None
     begun: bool = True  # False: held (prefetched); call begin_attempt before working
 
 
@@ -56,7 +59,8 @@ def missing_items(s: Session, task_id: int, job_id: str, with_result: int) -> li
     # task_id alone (it is unique across jobs) so the planner takes ix_items_task, not
     # the (job_id, idx) key, which would walk every item of the job per claim.
     conn = s.connection()
-    cols = select(_I.c.idx, _I.c.custom_id, _I.c.prompt, _I.c.params).order_by(_I.c.idx)
+    cols = select(_I.c.idx, _I.c.custom_id, _I.c.prompt, _I.c.params, _I.c.messages)
+    cols = cols.order_by(_I.c.idx)
     if not with_result:
         return list(conn.execute(cols.where(_I.c.task_id == task_id)).all())
     if dialect.prefers_anti_join(s):

@@ -145,12 +145,12 @@ def lock_job(bind: Session | Connection, job_id: str) -> None:
 
 # -- bulk writes through the driver ----------------------------------------------------
 
-ITEM_COLUMNS = ("job_id", "idx", "line", "custom_id", "prompt", "params", "task_id")
+ITEM_COLUMNS = ("job_id", "idx", "line", "custom_id", "prompt", "params", "task_id", "messages")
 
 
 def insert_items(bind: Session | Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert item rows (values in ITEM_COLUMNS order, `params` a dict or None). SQLite:
-    straight to the driver's executemany (params JSON-encoded here), as the ORM's
+    """Insert item rows (values in ITEM_COLUMNS order, `params` a dict and `messages` a
+    list, or None). SQLite: straight to the driver's executemany (JSON encoded here), as the ORM's
     per-row processing cost more than SQLite's own work; PostgreSQL: SQLAlchemy's
     batched multi-row INSERT."""
     conn = _conn(bind)
@@ -161,10 +161,14 @@ def insert_items(bind: Session | Connection, rows: list[tuple[Any, ...]]) -> Non
         )
         conn.exec_driver_sql(
             sql,
-            [(*r[:5], json.dumps(r[5]) if r[5] is not None else None, r[6]) for r in rows],
+            [(*r[:5], _json(r[5]), r[6], _json(r[7])) for r in rows],
         )
     else:
         conn.execute(insert(_I), [dict(zip(ITEM_COLUMNS, r, strict=True)) for r in rows])
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value, ensure_ascii=False) if value is not None else None
 
 
 #: A result row's own values, in this order; the shared columns are the same for every
@@ -175,6 +179,7 @@ RESULT_COLUMNS = (
     ("output", "text"),
     ("outputs", "text"),  # JSON text (or NULL), cast to json by PostgreSQL
     ("finish_reason", "text"),
+    ("finish_reasons", "text"),  # JSON text (or NULL), cast to json by PostgreSQL
     ("prompt_tokens", "int"),
     ("completion_tokens", "int"),
     ("error_code", "text"),
@@ -183,6 +188,7 @@ RESULT_COLUMNS = (
     ("latency_ms", "float8"),
 )
 RESULT_SHARED = ("job_id", "task_id", "attempt", "worker", "created_at")
+_JSON_COLUMNS = ("outputs", "finish_reasons")
 _RESULT_HEAD = (
     f"INSERT INTO results ({', '.join(RESULT_SHARED)}, "
     + ", ".join(name for name, _ in RESULT_COLUMNS)
@@ -197,7 +203,7 @@ _PG_RESULTS = text(
     + "SELECT "
     + ", ".join(f":{name}" for name in RESULT_SHARED)
     + ", "
-    + ", ".join(f"u.{n}::json" if n == "outputs" else f"u.{n}" for n, _ in RESULT_COLUMNS)
+    + ", ".join(f"u.{n}::json" if n in _JSON_COLUMNS else f"u.{n}" for n, _ in RESULT_COLUMNS)
     + " FROM unnest("
     + ", ".join(f"CAST(:{name} AS {typ}[])" for name, typ in RESULT_COLUMNS)
     + ") AS u("
@@ -205,7 +211,7 @@ _PG_RESULTS = text(
     + ")"
     + _ON_CONFLICT
 )
-#: SQLite: rows per multi-row INSERT (16 parameters each; it allows 32766 per statement).
+#: SQLite: rows per multi-row INSERT (17 parameters each; it allows 32766 per statement).
 _SQLITE_ROWS = 500
 
 

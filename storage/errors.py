@@ -20,3 +20,11 @@ class JobStateError(StorageError):
     """Raised when a job's state does not allow what was asked: cancelling a job that
     is still being submitted, retrying one that has not finished, removing work from a
     submission the reconciler took for abandoned. The message says what to do instead."""
+
+
+class BatchNotFound(StorageError):
+    """Raised when a batch id does not exist in the store."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch {batch_id!r} in this database (list jobs with `genqueue jobs`)")
+        self.batch_id = batch_id

@@ -58,6 +58,7 @@ def claim_task(
                 _J.c.cancel_requested,
                 _J.c.params,
                 _J.c.options,
+                _J.c.chat_template,
             )
             .select_from(_T.join(_J, _J.c.id == _T.c.job_id))
             .where(_T.c.id == task_id)
@@ -134,8 +135,9 @@ def claim_task(
             worker=worker,
             job_params=dict(row.params or {}),
             job_options=dict(row.options or {}),
-            items=[ClaimedItem(i.idx, i.custom_id, i.prompt, i.params) for i in items],
+            items=[ClaimedItem(i.idx, i.custom_id, i.prompt, i.params, i.messages) for i in items],
             begun=begin,
+            chat_template=row.chat_template,
         )
 
 

@@ -21,20 +21,66 @@ from genqueue.storage import dialect
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.errors import JobStateError
 from genqueue.storage.lifecycle import finalize_job_in
-from genqueue.storage.models import Item, Job, JobState, Task, TaskState
+from genqueue.storage.models import Batch, Item, Job, JobState, Task, TaskState
 from genqueue.storage.text import clean_text
 
 
 @dataclass(frozen=True)
 class NewItem:
+    #: 0-based position in the input (of the whole batch, for a job that is part of one).
+    idx: int
     line: int
     custom_id: str
     prompt: str
     params: dict[str, Any] | None = None
+    messages: list[dict[str, str]] | None = None
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+#: Batch ids say what they are (jobs' are bare hex): "batch_" + 26 hex digits.
+BATCH_PREFIX = "batch_"
+
+
+def new_batch_id() -> str:
+    return BATCH_PREFIX + uuid.uuid4().hex[:26]
+
+
+def create_batch(
+    store: Store,
+    *,
+    input_name: str | None,
+    meta: dict[str, Any],
+    options: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> Batch | str:
+    """Insert a batch (its jobs are created as its input names their models). With an
+    idempotency key that already exists, return the existing batch's id instead."""
+    if idempotency_key:
+        with store.read() as s:
+            found = s.scalar(select(Batch.id).where(Batch.idempotency_key == idempotency_key))
+        if found:
+            return found
+    batch = Batch(
+        id=new_batch_id(),
+        created_at=utcnow(),
+        input_name=input_name,
+        meta=meta,
+        options=options,
+        idempotency_key=idempotency_key,
+    )
+    try:
+        with store.session() as s:
+            s.add(batch)
+    except IntegrityError:
+        with store.read() as s:
+            found = s.scalar(select(Batch.id).where(Batch.idempotency_key == idempotency_key))
+        if found:
+            return found
+        raise
+    return batch
 
 
 def create_job(store: Store, **fields: Any) -> Job | str:
@@ -70,7 +116,7 @@ def find_by_idempotency_key(store: Store, key: str) -> str | None:
 
 
 def add_chunk(
-    store: Store, job: Job, first_idx: int, items: Sequence[NewItem], tasks: Sequence[Sequence[int]]
+    store: Store, job: Job, items: Sequence[NewItem], tasks: Sequence[Sequence[int]]
 ) -> list[int]:
     """Insert a window of items and the tasks that group them, in one transaction.
     `tasks` lists, per task, the positions (into `items`) of its items. Returns the new
@@ -100,12 +146,13 @@ def add_chunk(
             [
                 (
                     job.id,
-                    first_idx + pos,
+                    it.idx,
                     it.line,
                     clean_text(it.custom_id),
                     clean_text(it.prompt),
                     it.params,
                     owner[pos],
+                    _clean_messages(it.messages),
                 )
                 for pos, it in enumerate(items)
             ],
@@ -113,13 +160,23 @@ def add_chunk(
     return task_ids
 
 
-def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tuple[str, list[int]]]:
-    """custom_ids used more than once in a job, with the input lines that use them."""
+def _clean_messages(messages: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+    if messages is None:
+        return None
+    return [{k: clean_text(v) or "" for k, v in m.items()} for m in messages]
+
+
+def duplicate_custom_ids(
+    store: Store, job_ids: Sequence[str], limit: int = 20
+) -> list[tuple[str, list[int]]]:
+    """custom_ids used more than once across these jobs (one job, or a batch's), with
+    the input lines that use them."""
+    in_jobs = Item.job_id.in_(list(job_ids))
     with store.read() as s:
         dups = (
             s.execute(
                 select(Item.custom_id)
-                .where(Item.job_id == job_id)
+                .where(in_jobs)
                 .group_by(Item.custom_id)
                 .having(func.count() > 1)
                 .limit(limit)
@@ -130,10 +187,7 @@ def duplicate_custom_ids(store: Store, job_id: str, limit: int = 20) -> list[tup
         out = []
         for cid in dups:
             lines = s.scalars(
-                select(Item.line)
-                .where(Item.job_id == job_id, Item.custom_id == cid)
-                .order_by(Item.idx)
-                .limit(10)
+                select(Item.line).where(in_jobs, Item.custom_id == cid).order_by(Item.idx).limit(10)
             ).all()
             out.append((cid, list(lines)))
         return out

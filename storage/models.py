@@ -82,6 +82,19 @@ def _ts() -> Mapped[datetime | None]:
     return mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class Batch(Base):
+    """The jobs one input became: one per model (and endpoint) it names."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    input_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -111,6 +124,10 @@ class Job(Base):
     #: While submitting: when the submitter last stored a window of items. A submission
     #: silent for long was abandoned (its submitter died) and is removed.
     loaded_at: Mapped[datetime | None] = _ts()
+    #: The batch this job is part of (an input that named several models), if any.
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    #: A Jinja chat template given with the job (instead of the model's own).
+    chat_template: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Task(Base):
@@ -153,6 +170,9 @@ class Item(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(
         JSON(none_as_null=True), nullable=True
     )  # overrides
+    #: A chat item's conversation: [{"role", "content"}, ...] (its `prompt` is a plain
+    #: text rendering, for planning and display).
+    messages: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # No attempts column: an item's attempts are its task lineage's (see isolate_poison).
 
     __table_args__ = (
@@ -170,6 +190,8 @@ class Result(Base):
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     outputs: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Why each of several outputs ended (None with one output: see finish_reason).
+    finish_reasons: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)

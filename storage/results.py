@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from genqueue.resultline import ResultLine
 from genqueue.storage import dialect
 from genqueue.storage.claims import Claim
-from genqueue.storage.db import Store, utcnow
+from genqueue.storage.db import Store, as_utc, utcnow
 from genqueue.storage.models import Attempt, Item, Job, Result, ResultStatus, Task
 from genqueue.storage.text import clean_text
 
@@ -31,6 +32,8 @@ class NewResult:
     output: str | None = None
     outputs: list[str] | None = None
     finish_reason: str | None = None
+    #: Why each of several outputs ended (with one output, finish_reason says it).
+    finish_reasons: list[str] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error_code: str | None = None
@@ -69,6 +72,7 @@ def _row_values(r: NewResult) -> tuple[Any, ...]:
         clean_text(r.output),
         json.dumps(outputs, ensure_ascii=False) if outputs is not None else None,
         r.finish_reason,
+        json.dumps(r.finish_reasons) if r.finish_reasons is not None else None,
         r.prompt_tokens,
         r.completion_tokens,
         r.error_code,
@@ -163,13 +167,37 @@ LINE_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class StoredResult:
+    """A result line with what only some formats show (OpenAI lines): when it was
+    written and why each output ended."""
+
+    line: ResultLine
+    created_at: datetime | None
+    finish_reasons: list[str] | None
+
+
 def iter_results(
     store: Store, job_id: str, *, include_pending: bool = False, batch: int = 5000
 ) -> Iterator[ResultLine]:
     """Stream a job's result lines in input order with bounded memory (keyset
     pagination, so a 10M-item job never sits in one cursor or in memory). With
     `include_pending`, items without a result yet are reported `pending`."""
-    columns = [Item.idx, Item.custom_id, *(getattr(Result, c) for c in LINE_COLUMNS)]
+    for stored in iter_stored(store, job_id, include_pending=include_pending, batch=batch):
+        yield stored.line
+
+
+def iter_stored(
+    store: Store, job_id: str, *, include_pending: bool = False, batch: int = 5000
+) -> Iterator[StoredResult]:
+    """`iter_results`, with each line's write time and per-output finish reasons."""
+    columns = [
+        Item.idx,
+        Item.custom_id,
+        *(getattr(Result, c) for c in LINE_COLUMNS),
+        Result.created_at,
+        Result.finish_reasons,
+    ]
     last = -1
     while True:
         with store.read() as s:
@@ -190,7 +218,8 @@ def iter_results(
             return
         for r in rows:
             values = r._mapping
-            yield ResultLine.from_stored(
+            line = ResultLine.from_stored(
                 index=r.idx, custom_id=r.custom_id, **{c: values[c] for c in LINE_COLUMNS}
             )
+            yield StoredResult(line, as_utc(r.created_at), r.finish_reasons)
         last = rows[-1].idx

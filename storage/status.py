@@ -72,6 +72,11 @@ class JobView:
             "params": j.params,
             "template": j.template,
             "defaults": dict((j.options or {}).get("defaults") or {}),
+            # Whether prompts went through a chat template, and whose (the job's own or
+            # the model's).
+            "chat": bool((j.options or {}).get("chat")),
+            "chat_template": "job" if j.chat_template else None,
+            "batch_id": j.batch_id,
             "metadata": j.meta,
             "input": j.input_name,
             "counts": self.counts.to_dict(),

@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from genqueue.worker.engines.base import Engine, GenRequest, GenResult, ItemError, OutOfMemory
+from genqueue.worker.engines.base import (
+    Engine,
+    GenRequest,
+    GenResult,
+    ItemError,
+    OutOfMemory,
+    PromptError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +143,20 @@ def _isolate(
 def _precheck(
     engine: Engine, requests: Sequence[GenRequest], policy: BatchPolicy
 ) -> tuple[list[_Item], list[GenResult]]:
-    """Count tokens once per item and reject (or truncate) what cannot fit the context."""
-    counts = _count_tokens(engine, requests)
+    """Tokenise each item once (its ids travel with it to the engine) and reject, or
+    truncate, what cannot fit the context."""
+    encoded = _tokenize(engine, requests)
     max_ctx = engine.info.max_context
     items: list[_Item] = []
     rejected: list[GenResult] = []
-    for req, count in zip(requests, counts, strict=True):
-        if isinstance(count, ItemError):
-            rejected.append(_error(req, count, 0))
+    for req, ids in zip(requests, encoded, strict=True):
+        if isinstance(ids, ItemError):
+            rejected.append(_error(req, ids, 0))
             continue
+        count = len(ids)
         max_new = req.params.max_new_tokens
         if max_ctx is None or count + max_new <= max_ctx:
-            items.append(_Item(req, count))
+            items.append(_Item(replace(req, token_ids=tuple(ids)), count))
         elif max_new >= max_ctx:
             rejected.append(
                 _error(
@@ -162,37 +171,45 @@ def _precheck(
             )
         elif policy.truncate:
             try:
-                prompt = engine.truncate(req.prompt, max_ctx - max_new)
-                count = engine.count_tokens([prompt])[0]
+                cut = engine.fit(req, max_ctx - max_new)
+                [cut_ids] = engine.tokenize([cut])
             except Exception as exc:
                 error = ItemError("generation_error", f"{type(exc).__name__}: {exc}")
                 rejected.append(_error(req, error, count))
                 continue
-            items.append(_Item(replace(req, prompt=prompt), count, truncated=True))
+            if len(cut_ids) + max_new > max_ctx:  # a conversation's last turn alone too long
+                rejected.append(_too_long(req, len(cut_ids), max_new, max_ctx))
+                continue
+            items.append(_Item(replace(cut, token_ids=tuple(cut_ids)), len(cut_ids), True))
         else:
-            msg = (
-                f"prompt has {count} tokens; with max_new_tokens {max_new} it exceeds the "
-                f"model's context of {max_ctx} tokens; shorten it, lower max_new_tokens, or "
-                "submit with --truncate"
-            )
-            rejected.append(_error(req, ItemError("prompt_too_long", msg), count))
+            rejected.append(_too_long(req, count, max_new, max_ctx))
     return items, rejected
 
 
-def _count_tokens(engine: Engine, requests: Sequence[GenRequest]) -> list[int | ItemError]:
-    """Token counts in one call; if that fails, item by item so only bad items fail."""
-    prompts = [r.prompt for r in requests]
+def _too_long(req: GenRequest, count: int, max_new: int, max_ctx: int) -> GenResult:
+    msg = (
+        f"prompt has {count} tokens; with max_new_tokens {max_new} it exceeds the "
+        f"model's context of {max_ctx} tokens; shorten it, lower max_new_tokens, or "
+        "submit with --truncate"
+    )
+    return _error(req, ItemError("prompt_too_long", msg), count)
+
+
+def _tokenize(engine: Engine, requests: Sequence[GenRequest]) -> list[list[int] | ItemError]:
+    """Token ids in one call; if that fails, item by item so only bad items fail."""
     try:
-        return list(engine.count_tokens(prompts))
+        return list(engine.tokenize(requests))
     except Exception:
-        log.warning("counting tokens of %d prompts failed; counting one by one", len(prompts))
-    counts: list[int | ItemError] = []
-    for prompt in prompts:
+        log.warning("tokenising %d prompts failed; tokenising one by one", len(requests))
+    out: list[list[int] | ItemError] = []
+    for req in requests:
         try:
-            counts.append(engine.count_tokens([prompt])[0])
+            out.append(engine.tokenize([req])[0])
+        except PromptError as exc:
+            out.append(ItemError(exc.code, str(exc)))
         except Exception as exc:
-            counts.append(ItemError("generation_error", f"{type(exc).__name__}: {exc}"))
-    return counts
+            out.append(ItemError("generation_error", f"{type(exc).__name__}: {exc}"))
+    return out
 
 
 def _oom_result(item: _Item, exc: OutOfMemory) -> GenResult:

@@ -19,6 +19,8 @@ def build_requests(claim: Claim) -> list[GenRequest]:
             prompt=it.prompt,
             params=base.merged(it.params),
             seed=item_seed(base.seed, (it.params or {}).get("seed"), it.idx),
+            messages=tuple(it.messages) if it.messages is not None else None,
+            chat_template=claim.chat_template,
         )
         for it in claim.items
     ]
@@ -43,6 +45,7 @@ def to_new_result(r: GenResult, latency_ms: float) -> NewResult:
         output=r.outputs[0] if r.outputs else "",
         outputs=list(r.outputs) if many else None,
         finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
+        finish_reasons=list(r.finish_reasons) if many else None,
         prompt_tokens=r.prompt_tokens,
         completion_tokens=r.completion_tokens,
         truncated=r.truncated,

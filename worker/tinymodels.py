@@ -21,7 +21,19 @@ TINY_SEED = 1234
 #: Target size of the BPE vocabulary (the corpus below yields about this many merges).
 TINY_VOCAB = 1024
 #: Files that make a built directory complete (the model and its tokenizer).
-_REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+_REQUIRED = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
+#: A simple chat template (plain-text role markers, no new tokens), so chat jobs run on
+#: the tiny models for real: `<|user|>` and the message, one turn after the other.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 # A small built-in English corpus; enough merges for a ~1k-token byte-level BPE.
 _CORPUS = """\
@@ -100,6 +112,12 @@ def ensure_tiny_model(name: str, path: Path) -> Path:
         raise TinyModelError(f"unknown tiny model {name!r}; built-in: {', '.join(TINY_MODELS)}")
     path = Path(path)
     if is_complete(path):
+        return path
+    if all((path / n).is_file() for n in _REQUIRED if n != "chat_template.jinja"):
+        # Built by a version without chat templates: add it (same weights, same revision).
+        tmp = path / f".chat_template.jinja.{os.getpid()}"
+        tmp.write_text(CHAT_TEMPLATE)
+        os.replace(tmp, path / "chat_template.jinja")
         return path
     if path.exists() and any(path.iterdir()):
         raise TinyModelError(
@@ -214,4 +232,5 @@ def _build(name: str, out: Path) -> None:
     model.generation_config = gen_config
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)

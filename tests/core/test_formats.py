@@ -9,7 +9,7 @@ from genqueue import formats
 
 @pytest.mark.parametrize("direction", ["input", "output"])
 def test_names_aliases_and_extensions_mean_the_same_in_both_directions(direction: str) -> None:
-    assert formats.names(direction) == ("jsonl", "csv", "parquet")  # type: ignore[arg-type]
+    assert formats.names(direction) == ("jsonl", "csv", "parquet", "openai")  # type: ignore[arg-type]
     for name, expected in [
         ("JSON", "jsonl"),
         ("ndjson", "jsonl"),

@@ -221,3 +221,47 @@ def test_cancel_keeps_results_and_marks_the_rest(
     assert lines[0]["error"]["code"] == "job_cancelled"
     for ln in lines:
         validate_line(ln)
+
+
+def test_run_an_openai_file_naming_two_models(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    """`genqueue run` on OpenAI batch lines for two models starts workers for both and
+    writes OpenAI output lines, failures to the error file; a bad -o fails at once."""
+    other = tmp_path / "second-model"
+    other.symlink_to(tiny_gpt2_dir, target_is_directory=True)
+    records = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": str(tiny_gpt2_dir if i % 2 else other),
+                "messages": [{"role": "user", "content": f"hello {i}"}],
+                "max_tokens": 3,
+            },
+        }
+        for i in range(8)
+    ]
+    src = write_jsonl(tmp_path / "requests.jsonl", records)
+    bad = gq("run", str(src), "-o", str(tmp_path / "x.out"), check=False)
+    assert bad.returncode == 2 and "cannot tell the format of" in bad.stderr
+    assert "job" not in bad.stderr.split("error:")[0]  # refused before any job started
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    proc = gq(
+        "run",
+        str(src),
+        "-o",
+        str(out),
+        "--results-format",
+        "openai",
+        "--errors",
+        str(errors),
+        "--workers",
+        "2",
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
+    assert "batch_" in proc.stderr and "8 succeeded" in proc.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [ln["custom_id"] for ln in lines] == [f"q{i}" for i in range(8)]
+    assert {ln["response"]["body"]["model"] for ln in lines} == {str(tiny_gpt2_dir), str(other)}
+    assert errors.read_text() == ""

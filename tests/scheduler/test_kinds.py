@@ -24,7 +24,7 @@ def _missing(kind: str, record: dict[str, Any]) -> str:
 
 
 def test_kinds_and_their_fields() -> None:
-    assert KINDS == ("generate", "summarize", "translate", "qa")
+    assert KINDS == ("generate", "summarize", "translate", "qa", "chat")
     # Required fields: a record without them is refused, naming the field.
     assert "'prompt'" in _missing("generate", {"text": "x"})
     assert "'text'" in _missing("summarize", {"prompt": "x"})
@@ -232,10 +232,10 @@ def test_unknown_kind_lists_allowed_kinds() -> None:
     with pytest.raises(SpecError) as err:
         validate_spec(JobInputSpec(kind="summarise"))
     assert str(err.value) == (
-        "unknown job kind 'summarise'; allowed kinds: generate, summarize, translate, qa"
+        "unknown job kind 'summarise'; allowed kinds: generate, summarize, translate, qa, chat"
     )
     with pytest.raises(SpecError, match="unknown job kind"):
-        render_prompt(JobInputSpec(kind="chat"), {"prompt": "x"})
+        render_prompt(JobInputSpec(kind="dialogue"), {"prompt": "x"})
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ from sqlalchemy import select
 from genqueue.params import GenerationParams
 from genqueue.scheduler.errors import InputError, SpecError
 from genqueue.scheduler.submit import JobSpec, submit_job
-from genqueue.storage import status
+from genqueue.storage import batches, status
 from genqueue.storage.db import Store
-from genqueue.storage.models import Item, Job, Task
+from genqueue.storage.models import Batch, Item, Job, Task
 
 
 def write(tmp: Path, records: list[dict[str, object]]) -> Path:
@@ -159,3 +160,92 @@ def test_small_jobs_are_cut_finer_and_longest_tasks_go_first(store: Store, tmp_p
         longest[task_id] = max(longest.get(task_id, 0), len(prompt))
     in_send_order = [longest[t] for t in sorted(longest)]
     assert in_send_order == sorted(in_send_order, reverse=True)
+
+
+def openai_line(cid: str, model: str, url: str = "/v1/chat/completions", **body: object) -> dict:
+    payload: dict[str, object] = {"model": model, **body}
+    if url == "/v1/chat/completions":
+        payload.setdefault("messages", [{"role": "user", "content": f"hi {cid}"}])
+    else:
+        payload.setdefault("prompt", f"once {cid}")
+    return {"custom_id": cid, "method": "POST", "url": url, "body": payload}
+
+
+def test_openai_lines_naming_two_models_become_one_batch(
+    store: Store, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    lines = [
+        openai_line("a", "tiny-gpt2"),
+        openai_line("b", str(tiny_gpt2_dir), "/v1/completions", max_tokens=5),
+        openai_line("c", "tiny-gpt2", temperature=0.7, seed=4),
+        openai_line("d", str(tiny_gpt2_dir), "/v1/completions"),
+    ]
+    done = submit_job(store, None, write(tmp_path, lines), JobSpec())  # detected, no --model
+    assert done.is_batch and done.total_items == 4 and len(done.job_ids) == 2
+    view = batches.view_batch(store, done.job_id)
+    assert view.state == "queued" and view.counts.total == 4
+    by_kind = {v.job.kind: v.job for v in view.jobs}
+    assert by_kind["chat"].options["model_name"] == "tiny-gpt2"
+    assert by_kind["generate"].model == str(tiny_gpt2_dir)
+    with store.session() as s:
+        rows = s.execute(select(Item.job_id, Item.idx, Item.custom_id, Item.params)).all()
+    # Each item keeps its position in the file, whichever job it went to.
+    assert sorted((r.idx, r.custom_id) for r in rows) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    params = {r.custom_id: r.params for r in rows}
+    assert params["b"] == {"max_new_tokens": 5}
+    assert params["c"] == {"do_sample": True, "temperature": 0.7, "seed": 4}
+
+
+def test_an_openai_file_with_bad_lines_lists_each_with_its_line(
+    store: Store, tmp_path: Path
+) -> None:
+    lines = [
+        openai_line("ok", "tiny-gpt2"),
+        openai_line("emb", "tiny-gpt2", "/v1/embeddings"),
+        openai_line("lp", "tiny-gpt2", logprobs=True),
+        openai_line("ok", "tiny-gpt2"),
+        {
+            "custom_id": "nomodel",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "x"},
+        },
+        openai_line("ghost", str(tmp_path / "no-such-model")),
+    ]
+    with pytest.raises(InputError) as err:
+        submit_job(store, None, write(tmp_path, lines), JobSpec(), fmt="openai")
+    problems = {p.line: p.message for p in err.value.problems}
+    assert sorted(problems) == [2, 3, 5, 6]
+    assert problems[2].startswith("url '/v1/embeddings' is not supported")
+    assert problems[3] == "body.logprobs is refused: log-probabilities are not available yet"
+    assert problems[5].startswith("body.model is missing")
+    assert "does not exist" in problems[6]
+    with store.session() as s:
+        assert s.scalar(select(Job.id)) is None  # nothing left behind, batch row included
+        assert s.scalar(select(Batch.id)) is None
+
+
+def test_custom_ids_are_unique_across_a_batch_and_model_overrides(
+    store: Store, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    dup = [openai_line("x", "tiny-gpt2"), openai_line("x", str(tiny_gpt2_dir))]
+    with pytest.raises(InputError, match=r"custom_id 'x' is used more than once \(lines 1, 2\)"):
+        submit_job(store, None, write(tmp_path, dup), JobSpec())
+    lines = [openai_line("a", "m-1"), openai_line("b", "m-2")]
+    done = submit_job(store, None, write(tmp_path, lines), JobSpec(model="tiny-gpt2"))
+    assert len(done.job_ids) == 1  # --model overrides every line's model
+
+
+def test_chat_needs_a_chat_template(store: Store, tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny_gpt2_dir, bare)
+    (bare / "chat_template.jinja").unlink()
+    src = write(tmp_path, [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(SpecError, match=r"has no chat template.*--chat-template FILE"):
+        submit_job(store, None, src, JobSpec(kind="chat", model=str(bare)))
+    own = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    done = submit_job(store, None, src, JobSpec(kind="chat", model=str(bare), chat_template=own))
+    job = status.view_job(store, done.job_id)
+    assert job.job.chat_template == own and job.to_dict()["chat"] is True
+    with pytest.raises(SpecError, match="--chat does not apply"):
+        submit_job(store, None, write(tmp_path, [openai_line("a", "m")]), JobSpec(chat=True))

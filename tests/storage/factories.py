@@ -40,9 +40,11 @@ def make_job(
 ) -> Job:
     """A stored, open job of `n` items (prompt(i) each) in tasks of `chunk` items."""
     job = new_job(store, chunk, **fields)
-    items = [loading.NewItem(line=i + 1, custom_id=f"c{i}", prompt=prompt(i)) for i in range(n)]
+    items = [
+        loading.NewItem(idx=i, line=i + 1, custom_id=f"c{i}", prompt=prompt(i)) for i in range(n)
+    ]
     plan = [list(range(i, min(n, i + chunk))) for i in range(0, n, chunk)]
-    loading.add_chunk(store, job, 0, items, plan)
+    loading.add_chunk(store, job, items, plan)
     loading.open_job(store, job.id, n)
     return job
 

@@ -68,6 +68,6 @@ def test_a_job_being_submitted_cannot_be_cancelled_or_written_once_removed(
     with pytest.raises(StorageError, match="still being submitted"):
         lifecycle.request_cancel(store, job.id)
     lifecycle.delete_job(store, job.id)  # what the reconciler does to an abandoned submission
-    items = [loading.NewItem(line=1, custom_id="c0", prompt="p0")]
+    items = [loading.NewItem(idx=0, line=1, custom_id="c0", prompt="p0")]
     with pytest.raises(StorageError, match="removed while it was being submitted"):
-        loading.add_chunk(store, job, 0, items, [[0]])
+        loading.add_chunk(store, job, items, [[0]])

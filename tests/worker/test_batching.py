@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,11 +38,14 @@ class FakeEngine:
     def __post_init__(self) -> None:
         self.info = ModelInfo("fake", None, "fake", False, self.max_context, "cpu", "none")
 
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        return [list(range(n)) for n in self.count_tokens([r.prompt for r in requests])]
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(t.split()) for t in texts]
 
-    def truncate(self, text: str, max_tokens: int) -> str:
-        return " ".join(text.split()[-max_tokens:])
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        return replace(request, prompt=" ".join(request.prompt.split()[-max_tokens:]))
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         self.batches.append([r.key for r in requests])
@@ -67,11 +70,11 @@ class Wrapped:
     def info(self) -> ModelInfo:
         return self.inner.info
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        return self.inner.tokenize(requests)
 
-    def truncate(self, text: str, max_tokens: int) -> str:
-        return self.inner.truncate(text, max_tokens)
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        return self.inner.fit(request, max_tokens)
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         self.calls.append([r.key for r in requests])

@@ -18,12 +18,20 @@ from genqueue.params import GenerationParams
 @dataclass(frozen=True)
 class GenRequest:
     """One item to generate for. `key` is the item index; `seed` is the item's own seed
-    (derived from the job seed and the item), so sampling does not depend on batching."""
+    (derived from the job seed and the item), so sampling does not depend on batching.
+
+    A chat item carries `messages` (its `prompt` is then only a plain-text view): the
+    engine renders them with `chat_template`, or the model's own. `token_ids`, once
+    set (by the batching layer, from `Engine.tokenize`), is the prompt as the model
+    sees it, so nothing is tokenised twice."""
 
     key: int
     prompt: str
     params: GenerationParams
     seed: int | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    chat_template: str | None = None
+    token_ids: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -58,6 +66,15 @@ class ModelInfo:
     dtype: str
 
 
+class PromptError(ValueError):
+    """Raised by an engine when one request's prompt cannot be made into tokens (e.g. a
+    conversation for a model without a chat template); that item fails with `code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class OutOfMemory(Exception):
     """Raised by an engine when a micro-batch did not fit (CUDA OOM or the configured host
     memory budget); the batching layer halves the batch and retries."""
@@ -68,17 +85,22 @@ class Engine(Protocol):
 
     info: ModelInfo
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Prompt token counts, as the model's tokenizer sees them."""
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        """Each request's prompt as the token ids the model reads (a conversation
+        rendered with its chat template first). Raises PromptError for a request
+        that cannot be tokenised."""
         ...
 
-    def truncate(self, text: str, max_tokens: int) -> str:
-        """The prompt cut to its last `max_tokens` tokens (for `--truncate`)."""
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        """The request cut to at most `max_tokens` prompt tokens (for `--truncate`): a
+        prompt keeps the text the model needs most, a conversation drops its oldest
+        turns. It may still be too long (the caller checks)."""
         ...
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        """Generate for all requests at once (they share `params` except the seed).
-        Raises `OutOfMemory` when the batch does not fit."""
+        """Generate for all requests at once (they share `params` except the seed),
+        from their `token_ids` when set. Raises `OutOfMemory` when the batch does not
+        fit."""
         ...
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo
 from genqueue.workeropts import WorkerOptions
@@ -28,6 +29,15 @@ class DryRunEngine:
             device="cpu",
             dtype="none",
         )
+
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        """Whitespace-separated words stand in for tokens (of a conversation: of its
+        plain-text view)."""
+        return [list(range(len(r.prompt.split()))) for r in requests]
+
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        """The prompt's last `max_tokens` words."""
+        return replace(request, prompt=self.truncate(request.prompt, max_tokens))
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Whitespace-separated words stand in for tokens."""

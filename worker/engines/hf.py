@@ -28,6 +28,7 @@ from genqueue.params import GenerationParams
 from genqueue.protocol import context_length
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
+from genqueue.worker.engines.prompts import PromptCodec
 from genqueue.worker.errors import EngineError
 from genqueue.worker.provenance import local_revision
 from genqueue.worker.sampling import SeededSampler, row_seeds, seed_or_random
@@ -74,6 +75,7 @@ class HFEngine:
             self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.prompts = PromptCodec(self.tokenizer, encoder_decoder=self.is_encoder_decoder)
         self.model = self._wrap_model(model.to(self.device).eval())
         gen_eos = model.generation_config.eos_token_id
         eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
@@ -102,39 +104,21 @@ class HFEngine:
         return self.model.generate(**kwargs)
 
     # -- Engine protocol -------------------------------------------------------------------
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        """See Engine.tokenize (prompts.py)."""
+        return self.prompts.tokenize(requests)
+
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        """See Engine.fit (prompts.py)."""
+        return self.prompts.fit(request, max_tokens)
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts including the special tokens the model sees (e.g. T5's `</s>`)."""
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        """Token counts of plain prompts, special tokens included."""
+        return self.prompts.count_tokens(texts)
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """Cut the prompt to at most `max_tokens` tokens, at a token boundary of the original
-        text. Decoder-only models keep the LAST tokens: the continuation depends on the
-        most recent text, and instructions usually end the prompt. Seq2seq models keep the
-        FIRST tokens: the encoder reads the whole input and task prefixes
-        ("summarize: ", "translate ...: ") come first."""
-        fast = bool(getattr(self.tokenizer, "is_fast", False))  # offsets need a fast one
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
-        ids = enc["input_ids"]
-        budget = max_tokens - self.tokenizer.num_special_tokens_to_add()
-        while True:
-            if budget <= 0:
-                return ""
-            keep = (
-                slice(None, budget) if self.is_encoder_decoder else slice(len(ids) - budget, None)
-            )
-            if budget >= len(ids):
-                cut = text
-            elif fast:  # slice the original text, so whitespace and spelling survive intact
-                spans = enc["offset_mapping"][keep]
-                cut = text[: spans[-1][1]] if self.is_encoder_decoder else text[spans[0][0] :]
-            else:
-                cut = self._decode(ids[keep])
-            # Re-tokenising a cut string can merge differently; shrink until it fits.
-            if self.count_tokens([cut])[0] <= max_tokens:
-                return cut
-            budget -= 1
+        """A plain prompt cut to at most `max_tokens` tokens (see PromptCodec.truncate)."""
+        return self.prompts.truncate(text, max_tokens)
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Generate for requests sharing params (except seeds) in one `generate` call.
@@ -161,7 +145,9 @@ class HFEngine:
         """Tokenise with padding, run one `generate`, and post-process each row."""
         params = requests[0].params
         k = params.num_return_sequences
-        enc = self.tokenizer([r.prompt for r in requests], padding=True, return_tensors="pt")
+        ids = [r.token_ids for r in requests]
+        encoded = self.tokenize(requests) if any(i is None for i in ids) else ids
+        enc = self.tokenizer.pad({"input_ids": [list(i) for i in encoded]}, return_tensors="pt")
         enc = enc.to(self.device)
         input_len = int(enc["input_ids"].shape[1])
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()

@@ -1,0 +1,99 @@
+"""A batch as users see it: the jobs one input became, with their counts summed and one
+state for the whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from genqueue.storage.db import Store, as_utc
+from genqueue.storage.errors import BatchNotFound
+from genqueue.storage.models import FINAL_JOB_STATES, Batch, Job, JobState
+from genqueue.storage.status import JobCounts, JobView, job_counts
+
+
+def batch_state(states: list[str]) -> str:
+    """One state for a batch's jobs: queued until one starts, running until all end;
+    then cancelled or expired if any job was, failed if all failed, completed if all
+    completed, else completed_with_errors."""
+    if not states or JobState.SUBMITTING.value in states:
+        return JobState.SUBMITTING.value
+    if any(s not in FINAL_JOB_STATES for s in states):
+        queued = all(s == JobState.QUEUED.value for s in states)
+        return JobState.QUEUED.value if queued else JobState.RUNNING.value
+    for state in (JobState.CANCELLED.value, JobState.EXPIRED.value):
+        if state in states:
+            return state
+    for state in (JobState.FAILED.value, JobState.COMPLETED.value):
+        if all(s == state for s in states):
+            return state
+    return JobState.COMPLETED_WITH_ERRORS.value
+
+
+@dataclass(frozen=True)
+class BatchView:
+    batch: Batch
+    jobs: list[JobView]
+
+    @property
+    def state(self) -> str:
+        return batch_state([v.job.state for v in self.jobs])
+
+    @property
+    def counts(self) -> JobCounts:
+        totals = [sum(getattr(v.counts, f) for v in self.jobs) for f in _COUNT_FIELDS]
+        return JobCounts(*totals)
+
+    def to_dict(self) -> dict[str, Any]:
+        jobs = [v.to_dict() for v in self.jobs]
+
+        def stamp(key: str, pick: Any) -> str | None:
+            values = [j[key] for j in jobs if j[key] is not None]
+            if not values or (key == "finished_at" and len(values) < len(jobs)):
+                return None
+            return str(pick(values))
+
+        created = as_utc(self.batch.created_at)
+        return {
+            "batch_id": self.batch.id,
+            "state": self.state,
+            "models": [j["model"] for j in jobs],
+            "counts": self.counts.to_dict(),
+            "duplicate_executions": sum(j["duplicate_executions"] for j in jobs),
+            "metadata": self.batch.meta,
+            "input": self.batch.input_name,
+            "created_at": created.isoformat() if created else None,
+            "started_at": stamp("started_at", min),
+            "finished_at": stamp("finished_at", max),
+            "jobs": jobs,
+        }
+
+
+_COUNT_FIELDS = ("total", "succeeded", "failed", "running", "pending", "cancelled", "expired")
+
+
+def batch_jobs(store: Store, batch_id: str) -> list[Job]:
+    """A batch's jobs, oldest first (raises BatchNotFound)."""
+    with store.read() as s:
+        if s.get(Batch, batch_id) is None:
+            raise BatchNotFound(batch_id)
+        return list(s.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at)))
+
+
+def view_batch(store: Store, batch_id: str) -> BatchView:
+    with store.read() as s:
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise BatchNotFound(batch_id)
+        jobs = s.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at))
+        return BatchView(batch, [JobView(j, job_counts(s, j)) for j in jobs])
+
+
+def delete_batch(store: Store, batch_id: str) -> None:
+    """Remove a batch row (its jobs are removed one by one first, see lifecycle)."""
+    with store.session() as s:
+        batch = s.get(Batch, batch_id)
+        if batch is not None:
+            s.delete(batch)
