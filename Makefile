@@ -23,8 +23,10 @@ lint: install
 	ruff format --check .
 	mypy genqueue storage scheduler worker client cli
 
+## Two test processes: most tests wait on real services and worker processes, and the
+## test files share no state (each has its own databases and Redis database).
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(PYTHON) bench/run_all.py

@@ -52,7 +52,17 @@ def _isolated_home(
 # --- real services ------------------------------------------------------------------
 
 PG_ADMIN_URL = os.environ.get("GENQUEUE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_TEST_URL = os.environ.get("GENQUEUE_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+
+def _redis_test_url() -> str:
+    """Redis database 13, or 13 + n for parallel test process n (pytest-xdist), so that
+    one process flushing its database never empties another's queues."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    db = min(15, 13 + int(worker.removeprefix("gw") or 0))
+    return os.environ.get("GENQUEUE_TEST_REDIS", f"redis://127.0.0.1:6379/{db}")
+
+
+REDIS_TEST_URL = _redis_test_url()
 
 
 def unavailable(what: str, why: object = "not found") -> None:
@@ -131,3 +141,17 @@ def redis_url(_redis_server: str) -> str:
     client.flushdb()
     client.close()
     return _redis_server
+
+
+@pytest.fixture
+def private_pg() -> Iterator[object]:
+    """A PostgreSQL server of the test's own (tests/services.py), stopped afterwards."""
+    from tests.services import PrivatePostgres
+
+    why = PrivatePostgres.missing()
+    if why:
+        unavailable("a private PostgreSQL server", why)
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.stop()

@@ -4,16 +4,13 @@ item stored once, and the workers that lived through it are the ones that finish
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from genqueue.scheduler.dispatch import EPOCH_KEY
-from tests.conftest import unavailable
 from tests.reliability.cluster import ClusterFactory, depth, records, wait_for
+from tests.services import PrivatePostgres
 
 pytestmark = pytest.mark.slow
 
@@ -50,37 +47,18 @@ def test_redis_loses_everything_mid_job(sqlite_url: str, make_cluster: ClusterFa
     print(f"\n[redis loss] rebuilt {n} tasks {took:.1f}s after the restart")
 
 
-def restart_postgres() -> float:
-    """Restart the shared PostgreSQL cluster (fast mode: every connection is cut)."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    t0 = time.monotonic()
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    wait_for(
-        "PostgreSQL to accept connections",
-        lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0,
-        timeout=60,
-        interval=0.2,
-    )
-    return time.monotonic() - t0
-
-
-def test_postgres_restart_mid_job(pg_url: str, make_cluster: ClusterFactory) -> None:
+def test_postgres_restart_mid_job(
+    private_pg: PrivatePostgres, make_cluster: ClusterFactory
+) -> None:
     """Mid-job, PostgreSQL restarts (every connection cut). Workers and the reconciler
     retry with backoff and reconnect; nothing hangs, no worker process dies, no item is
-    lost or stored twice."""
-    if not Path("/etc/postgresql").is_dir():
-        unavailable("a local PostgreSQL cluster to restart (/etc/postgresql)")
-    c = make_cluster(pg_url, fault_env={"GQ_FAULT_DELAY": "0.01"})
+    lost or stored twice. The server is the test's own, so no other test notices."""
+    c = make_cluster(private_pg.url, fault_env={"GQ_FAULT_DELAY": "0.01"})
     sup = c.start_workers(2)
     c.wait_workers_ready(2)
     job_id = c.submit(records(1000), chunk_size=16)
     wait_for("some progress", lambda: c.status_counts(job_id)["succeeded"] >= 100, 30)
-    took = restart_postgres()
+    took = private_pg.restart()
     during = c.status_counts(job_id)["succeeded"]
     assert during < 1000, "the job finished during the restart; make it longer"
     st = c.wait(job_id, timeout=120)
