@@ -55,10 +55,12 @@ PG_ADMIN_URL = os.environ.get("GENQUEUE_TEST_PG", "postgresql://postgres@127.0.0
 
 
 def _redis_test_url() -> str:
-    """Redis database 13, or 13 + n for parallel test process n (pytest-xdist), so that
-    one process flushing its database never empties another's queues."""
+    """Redis database 13 (GENQUEUE_TEST_REDIS_DB), or 13 + n for parallel test process n
+    (pytest-xdist), so that one process flushing its database never empties another's
+    queues."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    db = min(15, 13 + int(worker.removeprefix("gw") or 0))
+    base = int(os.environ.get("GENQUEUE_TEST_REDIS_DB", "13"))
+    db = min(15, base + int(worker.removeprefix("gw") or 0))
     return os.environ.get("GENQUEUE_TEST_REDIS", f"redis://127.0.0.1:6379/{db}")
 
 
