@@ -106,6 +106,7 @@ class Client:
             chat=chat,
             system=system,
             chat_template=chat_template,
+            limits=self.settings.input_limits(),
         )
         if isinstance(source, str | Path) or hasattr(source, "read"):
             return submit_job(self.store, self.dispatcher, source, spec, fmt=format).job_id
@@ -250,9 +251,24 @@ class _spool:
         self.file: IO[bytes] | None = None
 
     def __enter__(self) -> BinaryIO:
+        from genqueue.scheduler.errors import InputFormatError
+
         f = tempfile.SpooledTemporaryFile(max_size=64 << 20)
-        for rec in self.records:
-            f.write(json.dumps(rec, ensure_ascii=False).encode())
+        for n, rec in enumerate(self.records, start=1):
+            try:
+                line = json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            except RecursionError:
+                f.close()
+                raise InputFormatError(
+                    f"record {n}: nested too deeply to be written as JSON"
+                ) from None
+            except (TypeError, ValueError) as exc:
+                f.close()
+                raise InputFormatError(
+                    f"record {n}: cannot be written as JSON ({exc}); records hold text, "
+                    "numbers, booleans, lists and objects"
+                ) from None
+            f.write(line)
             f.write(b"\n")
         f.seek(0)
         self.file = f
