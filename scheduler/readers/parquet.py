@@ -59,8 +59,11 @@ def parquet_records(source: Source, limits: InputLimits) -> Records:
         row = 0
         try:
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                for values in batch.to_pylist():
+                for values in _rows(batch):
                     row += 1
+                    if values is None:
+                        yield row, LineProblem(row, _NOT_UTF8)
+                        continue
                     record = _parquet_record(values)
                     size = sum(len(v) for v in record.values() if isinstance(v, str | bytes))
                     problem = (
@@ -73,6 +76,30 @@ def parquet_records(source: Source, limits: InputLimits) -> Records:
             raise InputFormatError(
                 f"{name}: cannot read Parquet data after row {row}: {exc}"
             ) from exc
+
+
+#: Parquet does not check that string columns hold UTF-8; pyarrow fails converting them.
+_NOT_UTF8 = (
+    "a string column holds bytes that are not valid UTF-8; write the text as UTF-8 "
+    "(or the column as binary)"
+)
+
+
+def _rows(batch: Any) -> list[dict[str, Any] | None]:
+    """A batch's rows as dicts; a row whose text is not UTF-8 is None (found row by row
+    only when the whole batch fails)."""
+    try:
+        rows: list[dict[str, Any] | None] = batch.to_pylist()
+        return rows
+    except UnicodeDecodeError:
+        pass
+    out: list[dict[str, Any] | None] = []
+    for i in range(batch.num_rows):
+        try:
+            out.append(batch.slice(i, 1).to_pylist()[0])
+        except UnicodeDecodeError:
+            out.append(None)
+    return out
 
 
 def _big_row_group(metadata: Any, limits: InputLimits) -> tuple[int, str] | None:
