@@ -316,7 +316,9 @@ def test_prompt_that_cannot_fit_fails_at_submission(
     worker and without tokenising it; the short item waits for a worker."""
     got = submit(db, corpus.long_prompt(tmp_path), *model, "--json")
     assert got.rc == 0, got.stderr
+    print(f"  wall {got.wall_s:.2f}s, peak RSS {got.peak_rss / corpus.MiB:.0f} MiB")
     assert got.wall_s <= WALL_LIMIT_S
+    assert got.peak_rss <= baseline_rss + 2 * LINE_LIMIT + RSS_CONSTANT
     job_id = json.loads(got.stdout)["job_id"]
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
