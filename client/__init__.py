@@ -256,7 +256,10 @@ class _spool:
         f = tempfile.SpooledTemporaryFile(max_size=64 << 20)
         for n, rec in enumerate(self.records, start=1):
             try:
-                line = json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass")
+                try:
+                    line = json.dumps(rec, ensure_ascii=False).encode()
+                except UnicodeEncodeError:  # a lone surrogate: the reader names it
+                    line = json.dumps(rec).encode()
             except RecursionError:
                 f.close()
                 raise InputFormatError(
