@@ -40,6 +40,14 @@ def worker(
             "a worker needs GENQUEUE_BROKER_URL and GENQUEUE_DATABASE_URL "
             "(or --broker-url and --database-url)"
         )
+    from genqueue.storage.db import open_store
+    from genqueue.storage.migrate import check_schema
+
+    store = open_store(s.database_url, migrate=False)
+    try:
+        check_schema(store)  # one clear line now, rather than from every process
+    finally:
+        store.dispose()
     spec = WorkerSpec(options=options, processes=processes, loglevel=loglevel, env=s.child_env())
     raise typer.Exit(Supervisor(spec).run_forever())
 

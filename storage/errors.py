@@ -28,3 +28,8 @@ class BatchNotFound(StorageError):
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"no batch {batch_id!r} in this database (list jobs with `genqueue jobs`)")
         self.batch_id = batch_id
+
+
+class SchemaMismatch(StorageError):
+    """Raised when the database's schema is not the one this genqueue was built for
+    (older: run `genqueue db upgrade`; newer: upgrade genqueue on this host)."""

@@ -33,6 +33,8 @@ from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.settings import Settings
 from genqueue.storage.db import open_store
+from genqueue.storage.errors import SchemaMismatch
+from genqueue.storage.migrate import check_schema
 from genqueue.worker.pipeline import Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
 from genqueue.worker.transient import is_transient
@@ -68,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     from genqueue.worker.engines import load_engine
 
     model_ref = resolve_model_ref(options.model)
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, migrate=False)
+    try:
+        check_schema(store)  # a worker never changes the schema under the others
+    except SchemaMismatch as exc:
+        raise SystemExit(f"genqueue worker: {exc}") from None
     engine = load_engine(options)
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings.broker_url, name="genqueue-worker")
