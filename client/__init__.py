@@ -35,6 +35,7 @@ class Client:
         settings: Settings | None = None,
         dispatch: bool = True,
     ) -> None:
+        from genqueue.security import check_settings
         from genqueue.storage.db import open_store
 
         base = settings or Settings()
@@ -44,6 +45,7 @@ class Client:
                 "broker_url": broker_url or base.broker_url,
             }
         )
+        check_settings(self.settings, "client")
         self.store = open_store(self.settings.database_url)
         self._dispatcher: Any = None
         self._dispatch = dispatch and bool(self.settings.broker_url)

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     #: current one, and commits the previous one's last results meanwhile. Off: one task
     #: at a time (a queued task never waits behind a busy worker's current task).
     prefetch: bool = True
+    #: Start even when the broker or the database is reached over a network without a
+    #: password (see genqueue/security.py): only on a private network you trust.
+    allow_insecure: bool = False
     #: Input limits (see InputLimits, and the README's "Input limits").
     max_record_bytes: int = Field(_LIMITS.max_record_bytes, ge=1024)
     max_nesting_depth: int = Field(_LIMITS.max_nesting_depth, ge=2, le=10_000)

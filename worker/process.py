@@ -31,6 +31,7 @@ from kombu.exceptions import MessageStateError
 from genqueue.broker import make_celery
 from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
 from genqueue.scheduler.dispatch import Dispatcher
+from genqueue.security import InsecureSettings, check_settings
 from genqueue.settings import Settings
 from genqueue.storage.db import open_store
 from genqueue.storage.errors import SchemaMismatch
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     if not settings.broker_url:
         raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
+    try:
+        check_settings(settings, "worker")
+    except InsecureSettings as exc:
+        raise SystemExit(f"genqueue worker: {exc}") from None
     if options.threads > 0:
         import torch
 
