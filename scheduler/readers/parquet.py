@@ -49,10 +49,11 @@ def parquet_records(source: Source, limits: InputLimits) -> Records:
             raise InputFormatError(f"{name}: {InputTooLarge(limits.max_input_bytes)}")
         try:
             parquet = pq.ParquetFile(target)
-        except (pa.ArrowException, OSError) as exc:
+            stack.callback(parquet.close)
+            big = _big_row_group(parquet.metadata, limits)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            # UnicodeDecodeError (a ValueError): column names that are not UTF-8.
             raise InputFormatError(f"{name} is not a readable Parquet file: {exc}") from exc
-        stack.callback(parquet.close)
-        big = _big_row_group(parquet.metadata, limits)
         if big is not None:
             yield big[0], LineProblem(big[0], big[1], fatal=True)
             return

@@ -3,8 +3,8 @@ mutated JSONL, CSV, Parquet and gzip bytes, and random templates, raise only the
 documented errors (SubmissionError and its subclasses), report problems with their
 lines, and stay within time and memory bounds.
 
-The suite runs a fixed budget; GENQUEUE_FUZZ_EXAMPLES=N runs N examples per test (the
-longer run recorded in bench/RESULTS.md's notes).
+The suite runs a fixed budget. A longer run (recorded in bench/RESULTS.md):
+    GENQUEUE_FUZZ_EXAMPLES=3000 python -m pytest --timeout 0 tests/hostile/test_fuzz.py
 """
 
 from __future__ import annotations

@@ -103,3 +103,13 @@ def test_parquet_text_that_is_not_utf8_is_a_problem_of_its_row(tmp_path: Path) -
         2: "a string column holds bytes that are not valid UTF-8; write the text as UTF-8 "
         "(or the column as binary)"
     }
+
+
+def test_parquet_column_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Found by the fuzz test: pyarrow fails decoding such a schema; the file is refused
+    as unreadable, with its name."""
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"prompt": ["a"]}), sink)
+    path = write(tmp_path, "names.parquet", sink.getvalue().replace(b"prompt", b"pr\xeempt"))
+    with pytest.raises(InputFormatError, match=r"names\.parquet is not a readable Parquet file"):
+        items(path)
