@@ -1,0 +1,101 @@
+"""Hosts on one machine: Linux network namespaces joined by veth pairs to a bridge in a
+"services" namespace. Every address lives on those veth pairs (10.77.0.0/24) inside the
+namespaces the test made; the test removes them all afterwards. Needs root and iproute2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+
+SUBNET = "10.77.0"
+SERVICES_IP = f"{SUBNET}.1"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+def unavailable() -> str | None:
+    """Why namespaces cannot be made here, or None."""
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) not found"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"gq-probe-{os.getpid()}"
+    try:
+        _ip("netns", "add", probe)
+        _ip("netns", "del", probe)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return f"cannot create a network namespace: {exc}"
+    return None
+
+
+@dataclass
+class Hosts:
+    """A services host and `names` other hosts, each a namespace with one address."""
+
+    names: list[str]
+    prefix: str = field(default_factory=lambda: f"gq{os.getpid() % 100000}")
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def ns(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
+
+    def create(self) -> None:
+        svc = self.ns("svc")
+        _ip("netns", "add", svc)
+        _ip("-n", svc, "link", "set", "lo", "up")
+        _ip("-n", svc, "link", "add", "br0", "type", "bridge")
+        _ip("-n", svc, "addr", "add", f"{SERVICES_IP}/24", "dev", "br0")
+        _ip("-n", svc, "link", "set", "br0", "up")
+        self.addresses["svc"] = SERVICES_IP
+        for i, host in enumerate(self.names, start=10):
+            ns = self.ns(host)
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip(
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"p{i}",
+                "netns",
+                svc,
+            )
+            _ip("-n", svc, "link", "set", f"p{i}", "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            self.addresses[host] = f"{SUBNET}.{i}"
+
+    def exec(self, host: str) -> list[str]:
+        """The command prefix that runs a command on `host`."""
+        return ["ip", "netns", "exec", self.ns(host)]
+
+    def link(self, host: str, up: bool) -> None:
+        """Plug or unplug a host's cable (its veth)."""
+        _ip("-n", self.ns(host), "link", "set", "eth0", "up" if up else "down")
+
+    def kill_all(self, host: str) -> int:
+        """SIGKILL every process on a host, as when it loses power; returns how many."""
+        out = subprocess.run(
+            ["ip", "netns", "pids", self.ns(host)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in out:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        return len(out)
+
+    def destroy(self) -> None:
+        for host in ["svc", *self.names]:
+            self.kill_all(host)
+            subprocess.run(["ip", "netns", "del", self.ns(host)], capture_output=True, check=False)

@@ -1,0 +1,212 @@
+"""Workers on other hosts, joined by URL alone; one host's cable pulled mid-job and
+another host powered off: every item ends with exactly one result.
+
+Five namespaces on this machine (netns.py): a services host (Redis with a password,
+PostgreSQL, the reconciler), three worker hosts (`genqueue worker`, configured only by
+GENQUEUE_DATABASE_URL and GENQUEUE_BROKER_URL) and a submitter host (`genqueue submit`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.multihost.netns import SERVICES_IP, Hosts, unavailable
+from tests.reliability.cluster import redis_server_binary
+from tests.services import PrivatePostgres
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+ITEMS = 1200
+LEASE_S = 5.0
+RECONCILE_S = 1.0
+CUT_S = 10.0  # longer than the lease: the cut host's task is taken over meanwhile
+PASSWORD = "multihost-test"
+DB_URL = f"postgresql://postgres:{PASSWORD}@{SERVICES_IP}:5432/postgres"
+BROKER_URL = f"redis://:{PASSWORD}@{SERVICES_IP}:6379/0"
+ENV = {
+    "GENQUEUE_DATABASE_URL": DB_URL,
+    "GENQUEUE_BROKER_URL": BROKER_URL,
+    "GENQUEUE_LEASE_SECONDS": str(LEASE_S),
+    "GENQUEUE_RECONCILE_INTERVAL": str(RECONCILE_S),
+    "GENQUEUE_DISPATCH_GRACE_SECONDS": "3",
+    "GQ_FAULT_DELAY": "0.03",
+    "OMP_NUM_THREADS": "1",
+}
+GQ = [sys.executable, "-m", "genqueue.cli"]
+ENGINE = ["--engine", "tests.reliability.faulty:FaultyEngine"]
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    why = unavailable()
+    if why is not None:
+        if IN_CI:
+            pytest.fail(f"multi-host test needs network namespaces in CI: {why}")
+        pytest.skip(why)
+    net = Hosts(["w1", "w2", "w3", "sub"])
+    try:
+        net.create()
+        yield net
+    finally:
+        net.destroy()
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQUEUE_")}
+    env.update(ENV)
+    env["GENQUEUE_HOME"] = os.environ.get("GENQUEUE_HOME", "")
+    return env
+
+
+def on(net: Hosts, host: str, *cmd: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen(
+        [*net.exec(host), *cmd], cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def run_on(net: Hosts, host: str, *cmd: str, timeout: float = 60) -> str:
+    proc = subprocess.run(
+        [*net.exec(host), *cmd],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+_ATTEMPTS = """
+import json, sys
+from sqlalchemy import create_engine, text
+e = create_engine(sys.argv[1].replace("postgresql://", "postgresql+psycopg://"))
+with e.connect() as c:
+    rows = c.execute(text(
+        "SELECT task_id, worker, outcome, extract(epoch FROM started_at), "
+        "extract(epoch FROM finished_at) FROM attempts WHERE job_id = :j ORDER BY id"
+    ), {"j": sys.argv[2]}).all()
+print(json.dumps([[r[0], r[1], r[2], float(r[3]), float(r[4]) if r[4] else None] for r in rows]))
+"""
+
+
+def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: Path) -> None:
+    net = hosts
+    pg = PrivatePostgres(host=SERVICES_IP, netns=net.ns("svc"), clients="10.77.0.0/24")
+    redis = on(
+        net,
+        "svc",
+        redis_server_binary(),
+        "--bind",
+        SERVICES_IP,
+        "--port",
+        "6379",
+        "--requirepass",
+        PASSWORD,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        log=tmp_path / "redis.log",
+    )
+    try:
+        pg.start()
+        run_on(net, "svc", *GQ, "db", "upgrade")
+        on(net, "svc", *GQ, "scheduler", log=tmp_path / "scheduler.log")
+        for host in ("w1", "w2", "w3"):
+            on(
+                net,
+                host,
+                *GQ,
+                "worker",
+                "--model",
+                "faulty-model",
+                *ENGINE,
+                "--processes",
+                "1",
+                log=tmp_path / f"{host}.log",
+            )
+        src = tmp_path / "in.jsonl"
+        src.write_text(
+            "".join(json.dumps({"prompt": f"item {i} of the job"}) + "\n" for i in range(ITEMS))
+        )
+        started = time.monotonic()
+        job_id = json.loads(
+            run_on(
+                net,
+                "sub",
+                *GQ,
+                "submit",
+                str(src),
+                "--model",
+                "faulty-model",
+                "--max-new-tokens",
+                "3",
+                "--json",
+            )
+        )["job_id"]
+
+        def state() -> dict[str, Any]:
+            out = run_on(net, "sub", *GQ, "status", job_id, "--json")
+            return dict(json.loads(out))
+
+        deadline = time.monotonic() + 60
+        while state()["counts"]["succeeded"] < ITEMS // 10:
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.5)
+        net.link("w1", up=False)  # its cable: TCP connections hang, nothing is refused
+        cut_at = time.time()
+        time.sleep(2)
+        killed_at = time.time()
+        assert net.kill_all("w2") > 0  # power off: every process of the host
+        time.sleep(CUT_S - 2)
+        net.link("w1", up=True)
+
+        deadline = time.monotonic() + 150
+        final = state()
+        while final["state"] not in ("completed", "completed_with_errors", "failed"):
+            assert time.monotonic() < deadline, f"job did not finish: {final}"
+            time.sleep(1)
+            final = state()
+        elapsed = time.monotonic() - started
+
+        out = tmp_path / "out.jsonl"
+        run_on(net, "sub", *GQ, "results", job_id, "-o", str(out))
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        attempts = json.loads(run_on(net, "sub", sys.executable, "-c", _ATTEMPTS, DB_URL, job_id))
+    finally:
+        redis.kill()
+        pg.stop()
+
+    # Exactly one result per item: nothing lost, nothing duplicated.
+    assert final["state"] == "completed", final
+    assert sorted(line["index"] for line in lines) == list(range(ITEMS))
+    assert all(line["status"] == "succeeded" for line in lines)
+    assert [line["output"] for line in lines[:2]] == ["item 0 of", "item 1 of"]
+
+    # The cut host's and the killed host's leases expired within the lease (plus a
+    # reconciler pass) of the faults, and their tasks were run again by someone.
+    expired = [a for a in attempts if a[2] == "lease_expired"]
+    assert expired, f"no lease expired: {attempts}"
+    recovery = max(a[4] - cut_at for a in expired)
+    for task_id, _, _, began, _ in expired:
+        assert any(a[0] == task_id and a[3] > began for a in attempts)
+    print(
+        f"\n{ITEMS} items in {elapsed:.1f}s; {len(attempts)} attempts; {len(expired)} leases "
+        f"expired, the last {recovery:.1f}s after the first fault (lease {LEASE_S:.0f}s, the "
+        f"host kill {killed_at - cut_at:.0f}s later); duplicate executions: "
+        f"{final.get('duplicate_executions', 0)}"
+    )
+    assert recovery <= LEASE_S + (killed_at - cut_at) + 2 * RECONCILE_S + 3, recovery
