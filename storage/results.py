@@ -40,6 +40,12 @@ class NewResult:
     error_message: str | None = None
     truncated: bool = False
     latency_ms: float | None = None
+    raw_output: str | None = None
+    raw_outputs: list[str] | None = None
+    parsed: Any = None
+    incomplete: bool | None = None
+    logprobs: list[Any] | None = None
+    choice_scores: dict[str, float] | None = None
 
 
 def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> tuple[int, int]:
@@ -79,7 +85,18 @@ def _row_values(r: NewResult) -> tuple[Any, ...]:
         clean_text(r.error_message),
         r.truncated,
         r.latency_ms,
+        clean_text(r.raw_output),
+        _json(r.raw_outputs and [clean_text(o) for o in r.raw_outputs]),
+        _json(r.parsed),
+        r.incomplete,
+        _json(r.logprobs),
+        _json(r.choice_scores),
     )
+
+
+def _json(value: Any) -> str | None:
+    """JSON text for a JSON column (None stays NULL)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -164,17 +181,24 @@ LINE_COLUMNS = (
     "error_code",
     "error_message",
     "truncated",
+    "raw_output",
+    "raw_outputs",
+    "parsed",
+    "incomplete",
+    "logprobs",
+    "choice_scores",
 )
 
 
 @dataclass(frozen=True)
 class StoredResult:
     """A result line with what only some formats show (OpenAI lines): when it was
-    written and why each output ended."""
+    written, why each output ended and each output's log-probabilities."""
 
     line: ResultLine
     created_at: datetime | None
     finish_reasons: list[str] | None
+    logprobs: list[Any] | None = None
 
 
 def iter_results(
@@ -221,5 +245,5 @@ def iter_stored(
             line = ResultLine.from_stored(
                 index=r.idx, custom_id=r.custom_id, **{c: values[c] for c in LINE_COLUMNS}
             )
-            yield StoredResult(line, as_utc(r.created_at), r.finish_reasons)
+            yield StoredResult(line, as_utc(r.created_at), r.finish_reasons, values["logprobs"])
         last = rows[-1].idx
