@@ -8,6 +8,7 @@ allowed range, so a user can fix the input without reading code.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Self
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -26,6 +27,8 @@ from genqueue.grammar import CONSTRAINT_FIELDS, GrammarError, grammar_for
 
 #: Hard ceiling for max_new_tokens when the model's own limit is unknown at submission.
 MAX_NEW_TOKENS_CEILING = 32768
+#: The largest JSON schema accepted (as JSON text): compiling it is submission work.
+MAX_SCHEMA_CHARS = 65536
 #: Params that may differ between the rows of one generate call.
 PER_ROW_FIELDS = frozenset({"seed", *CONSTRAINT_FIELDS, "score_choices", "postprocess"})
 
@@ -169,6 +172,12 @@ class GenerationParams(BaseModel):
             raise ValueError("choices has a label twice")
         if self.score_choices and not self.choices:
             raise ValueError("score_choices needs choices (the labels to score)")
+        if self.json_schema is not None:
+            size = len(json.dumps(self.json_schema))
+            if size > MAX_SCHEMA_CHARS:
+                raise ValueError(
+                    f"json_schema is {size} characters as JSON; at most {MAX_SCHEMA_CHARS}"
+                )
         if not given:
             return
         name = given[0]

@@ -27,6 +27,7 @@ def problem(**kw: Any) -> str:
         ({"json_schema": {"type": "string", "format": "uri-reference"}}, "format: uri-reference"),
         ({"json_schema": {"type": "nonsense"}}, "json_schema: cannot be compiled"),
         ({"regex": "(unclosed"}, "regex: cannot be compiled"),
+        ({"json_schema": {"enum": ["x" * 70000]}}, "at most 65536"),
         ({"choices": ["a"], "regex": "b"}, "give one of choices, regex"),
         ({"choices": ["a", "a"]}, "choices has a label twice"),
         ({"choices": [""]}, "non-empty labels"),
