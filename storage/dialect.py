@@ -186,9 +186,15 @@ RESULT_COLUMNS = (
     ("error_message", "text"),
     ("truncated", "bool"),
     ("latency_ms", "float8"),
+    ("raw_output", "text"),
+    ("raw_outputs", "text"),  # JSON text (or NULL), like outputs
+    ("parsed", "text"),
+    ("incomplete", "bool"),
+    ("logprobs", "text"),
+    ("choice_scores", "text"),
 )
 RESULT_SHARED = ("job_id", "task_id", "attempt", "worker", "created_at")
-_JSON_COLUMNS = ("outputs", "finish_reasons")
+_JSON_COLUMNS = ("outputs", "finish_reasons", "raw_outputs", "parsed", "logprobs", "choice_scores")
 _RESULT_HEAD = (
     f"INSERT INTO results ({', '.join(RESULT_SHARED)}, "
     + ", ".join(name for name, _ in RESULT_COLUMNS)
@@ -211,7 +217,7 @@ _PG_RESULTS = text(
     + ")"
     + _ON_CONFLICT
 )
-#: SQLite: rows per multi-row INSERT (17 parameters each; it allows 32766 per statement).
+#: SQLite: rows per multi-row INSERT (23 parameters each; it allows 32766 per statement).
 _SQLITE_ROWS = 500
 
 
