@@ -11,9 +11,15 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genqueue.errors import GenqueueError
+
 ENV_PREFIX = "GENQUEUE_"
 
 MiB = 1024 * 1024
+
+
+class SettingsError(GenqueueError):
+    """Raised when a GENQUEUE_* variable holds a value that is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,22 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(_LIMITS.max_input_bytes, ge=1024)
     max_records: int = Field(_LIMITS.max_records, ge=1)
     max_row_group_bytes: int = Field(_LIMITS.max_row_group_bytes, ge=1024)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The environment's settings; a bad value raises SettingsError naming its
+        variable and what is allowed."""
+        from pydantic import ValidationError
+
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = [
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                + (f" (got {err['input']!r})" if "input" in err else "")
+                for err in exc.errors()
+            ]
+            raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
     def input_limits(self) -> InputLimits:
         return InputLimits(**{f.name: getattr(self, f.name) for f in fields(InputLimits)})
