@@ -85,6 +85,12 @@ class Hosts:
         """Plug or unplug a host's cable (its veth)."""
         _ip("-n", self.ns(host), "link", "set", "eth0", "up" if up else "down")
 
+    def pids(self, host: str) -> list[int]:
+        out = subprocess.run(
+            ["ip", "netns", "pids", self.ns(host)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return [int(p) for p in out]
+
     def kill_all(self, host: str) -> int:
         """SIGKILL every process on a host, as when it loses power; returns how many."""
         out = subprocess.run(

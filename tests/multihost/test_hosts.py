@@ -1,5 +1,6 @@
-"""Workers on other hosts, joined by URL alone; one host's cable pulled mid-job and
-another host powered off: every item ends with exactly one result.
+"""Workers on other hosts, joined by URL alone; one host's cable pulled for 30 s mid-job
+(past its lease) and another host powered off: every item ends with exactly one result,
+and the cut-off worker reconnects and carries on without a restart.
 
 Five namespaces on this machine (netns.py): a services host (Redis with a password,
 PostgreSQL, the reconciler), three worker hosts (`genqueue worker`, configured only by
@@ -27,10 +28,10 @@ from tests.services import PrivatePostgres
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-ITEMS = 1200
+ITEMS = 2400
 LEASE_S = 5.0
 RECONCILE_S = 1.0
-CUT_S = 10.0  # longer than the lease: the cut host's task is taken over meanwhile
+CUT_S = 30.0  # longer than the lease: the cut host's tasks are taken over meanwhile
 PASSWORD = "multihost-test"
 DB_URL = f"postgresql://postgres:{PASSWORD}@{SERVICES_IP}:5432/postgres"
 BROKER_URL = f"redis://:{PASSWORD}@{SERVICES_IP}:6379/0"
@@ -166,6 +167,7 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
         while state()["counts"]["succeeded"] < ITEMS // 10:
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.5)
+        w1_pids = set(net.pids("w1"))
         net.link("w1", up=False)  # its cable: TCP connections hang, nothing is refused
         cut_at = time.time()
         time.sleep(2)
@@ -173,6 +175,7 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
         assert net.kill_all("w2") > 0  # power off: every process of the host
         time.sleep(CUT_S - 2)
         net.link("w1", up=True)
+        restored_at = time.time()
 
         deadline = time.monotonic() + 150
         final = state()
@@ -186,6 +189,7 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
         run_on(net, "sub", *GQ, "results", job_id, "-o", str(out))
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         attempts = json.loads(run_on(net, "sub", sys.executable, "-c", _ATTEMPTS, DB_URL, job_id))
+        w1_alive = set(net.pids("w1"))
     finally:
         redis.kill()
         pg.stop()
@@ -210,3 +214,13 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
         f"{final.get('duplicate_executions', 0)}"
     )
     assert recovery <= LEASE_S + (killed_at - cut_at) + 2 * RECONCILE_S + 3, recovery
+
+    # The cut-off host's processes lived through it (no restart), and its worker claimed
+    # and finished work after the cable was back.
+    assert w1_pids and w1_pids <= w1_alive, (w1_pids, w1_alive)
+    after = [
+        a
+        for a in attempts
+        if a[3] > restored_at and a[2] == "done" and any(f"gq-{p}-" in a[1] for p in w1_pids)
+    ]
+    assert after, f"the cut-off worker did no work after reconnecting: {attempts}"
