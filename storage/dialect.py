@@ -61,7 +61,17 @@ def engine_options(name: str) -> dict[str, Any]:
         "pool_pre_ping": True,
         "pool_size": 5,
         "max_overflow": 5,
-        "connect_args": {"options": "-c plan_cache_mode=force_custom_plan"},
+        "connect_args": {
+            "options": "-c plan_cache_mode=force_custom_plan",
+            # A connection across a network that went away fails within seconds (TCP
+            # keepalive, and unacknowledged writes give up after 15 s) instead of hanging,
+            # so the pool reconnects once the network is back.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 15000,
+        },
     }
 
 

@@ -10,10 +10,17 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SUBNET = "10.77.0"
 SERVICES_IP = f"{SUBNET}.1"
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "multihost-test"
+DB_URL = f"postgresql://postgres:{PASSWORD}@{SERVICES_IP}:5432/postgres"
+BROKER_URL = f"redis://:{PASSWORD}@{SERVICES_IP}:6379/0"
+GQ = [sys.executable, "-m", "genqueue.cli"]
 
 
 def _ip(*args: str) -> None:
@@ -105,3 +112,68 @@ class Hosts:
         for host in ["svc", *self.names]:
             self.kill_all(host)
             subprocess.run(["ip", "netns", "del", self.ns(host)], capture_output=True, check=False)
+
+
+class Deployment:
+    """genqueue on `Hosts`: Redis (with a password), PostgreSQL and the reconciler on the
+    services host; every process configured by environment only (`env` adds to the two
+    URLs)."""
+
+    def __init__(self, net: Hosts, workdir: Path, env: dict[str, str]) -> None:
+        from tests.reliability.cluster import redis_server_binary
+        from tests.services import PrivatePostgres
+
+        self.net = net
+        self.workdir = workdir
+        self.env = {"GENQUEUE_DATABASE_URL": DB_URL, "GENQUEUE_BROKER_URL": BROKER_URL, **env}
+        self.pg = PrivatePostgres(host=SERVICES_IP, netns=net.ns("svc"), clients=f"{SUBNET}.0/24")
+        self.redis_cmd = [
+            redis_server_binary(), "--bind", SERVICES_IP, "--port", "6379",
+            "--requirepass", PASSWORD, "--save", "", "--appendonly", "no",
+        ]  # fmt: skip
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GENQUEUE_")}
+        env.update(self.env)
+        env["GENQUEUE_HOME"] = os.environ.get("GENQUEUE_HOME", "")
+        return env
+
+    def on(self, host: str, *cmd: str, log: str | None = None) -> subprocess.Popen[bytes]:
+        """Start a command on `host` (its output to workdir/log)."""
+        out = (self.workdir / log).open("wb") if log is not None else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            [*self.net.exec(host), *cmd],
+            cwd=ROOT,
+            env=self.child_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def run_on(self, host: str, *cmd: str, timeout: float = 60) -> str:
+        """Run a command on `host` to its end; its stdout."""
+        proc = subprocess.run(
+            [*self.net.exec(host), *cmd],
+            cwd=ROOT,
+            env=self.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"{cmd} on {host} exited {proc.returncode}: {proc.stderr}")
+        return proc.stdout
+
+    def start_services(self) -> None:
+        self.on("svc", *self.redis_cmd, log="redis.log")
+        self.pg.start()
+        self.run_on("svc", *GQ, "db", "upgrade")
+        self.on("svc", *GQ, "scheduler", log="scheduler.log")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        self.pg.stop()

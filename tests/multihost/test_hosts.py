@@ -10,8 +10,6 @@ GENQUEUE_DATABASE_URL and GENQUEUE_BROKER_URL) and a submitter host (`genqueue s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,30 +19,21 @@ from typing import Any
 import pytest
 
 from tests.conftest import IN_CI
-from tests.multihost.netns import SERVICES_IP, Hosts, unavailable
-from tests.reliability.cluster import redis_server_binary
-from tests.services import PrivatePostgres
+from tests.multihost.netns import DB_URL, GQ, Deployment, Hosts, unavailable
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 ITEMS = 2400
 LEASE_S = 5.0
 RECONCILE_S = 1.0
 CUT_S = 30.0  # longer than the lease: the cut host's tasks are taken over meanwhile
-PASSWORD = "multihost-test"
-DB_URL = f"postgresql://postgres:{PASSWORD}@{SERVICES_IP}:5432/postgres"
-BROKER_URL = f"redis://:{PASSWORD}@{SERVICES_IP}:6379/0"
 ENV = {
-    "GENQUEUE_DATABASE_URL": DB_URL,
-    "GENQUEUE_BROKER_URL": BROKER_URL,
     "GENQUEUE_LEASE_SECONDS": str(LEASE_S),
     "GENQUEUE_RECONCILE_INTERVAL": str(RECONCILE_S),
     "GENQUEUE_DISPATCH_GRACE_SECONDS": "3",
     "GQ_FAULT_DELAY": "0.03",
     "OMP_NUM_THREADS": "1",
 }
-GQ = [sys.executable, "-m", "genqueue.cli"]
 ENGINE = ["--engine", "tests.reliability.faulty:FaultyEngine"]
 
 
@@ -63,33 +52,6 @@ def hosts() -> Iterator[Hosts]:
         net.destroy()
 
 
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQUEUE_")}
-    env.update(ENV)
-    env["GENQUEUE_HOME"] = os.environ.get("GENQUEUE_HOME", "")
-    return env
-
-
-def on(net: Hosts, host: str, *cmd: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = log.open("wb") if log is not None else subprocess.DEVNULL
-    return subprocess.Popen(
-        [*net.exec(host), *cmd], cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT
-    )
-
-
-def run_on(net: Hosts, host: str, *cmd: str, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        [*net.exec(host), *cmd],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 _ATTEMPTS = """
 import json, sys
 from sqlalchemy import create_engine, text
@@ -105,63 +67,25 @@ print(json.dumps([[r[0], r[1], r[2], float(r[3]), float(r[4]) if r[4] else None]
 
 def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: Path) -> None:
     net = hosts
-    pg = PrivatePostgres(host=SERVICES_IP, netns=net.ns("svc"), clients="10.77.0.0/24")
-    redis = on(
-        net,
-        "svc",
-        redis_server_binary(),
-        "--bind",
-        SERVICES_IP,
-        "--port",
-        "6379",
-        "--requirepass",
-        PASSWORD,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        log=tmp_path / "redis.log",
-    )
+    dep = Deployment(net, tmp_path, ENV)
     try:
-        pg.start()
-        run_on(net, "svc", *GQ, "db", "upgrade")
-        on(net, "svc", *GQ, "scheduler", log=tmp_path / "scheduler.log")
+        dep.start_services()
         for host in ("w1", "w2", "w3"):
-            on(
-                net,
-                host,
-                *GQ,
-                "worker",
-                "--model",
-                "faulty-model",
-                *ENGINE,
-                "--processes",
-                "1",
-                log=tmp_path / f"{host}.log",
-            )
+            dep.on(host, *GQ, "worker", "--model", "faulty-model", *ENGINE, "--processes", "1",
+                   log=f"{host}.log")  # fmt: skip
         src = tmp_path / "in.jsonl"
         src.write_text(
             "".join(json.dumps({"prompt": f"item {i} of the job"}) + "\n" for i in range(ITEMS))
         )
         started = time.monotonic()
-        job_id = json.loads(
-            run_on(
-                net,
-                "sub",
-                *GQ,
-                "submit",
-                str(src),
-                "--model",
-                "faulty-model",
-                "--max-new-tokens",
-                "3",
-                "--json",
-            )
-        )["job_id"]
+        submitted = dep.run_on(
+            "sub", *GQ, "submit", str(src), "--model", "faulty-model", "--max-new-tokens", "3",
+            "--json",
+        )  # fmt: skip
+        job_id = json.loads(submitted)["job_id"]
 
         def state() -> dict[str, Any]:
-            out = run_on(net, "sub", *GQ, "status", job_id, "--json")
-            return dict(json.loads(out))
+            return dict(json.loads(dep.run_on("sub", *GQ, "status", job_id, "--json")))
 
         deadline = time.monotonic() + 60
         while state()["counts"]["succeeded"] < ITEMS // 10:
@@ -186,13 +110,12 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
         elapsed = time.monotonic() - started
 
         out = tmp_path / "out.jsonl"
-        run_on(net, "sub", *GQ, "results", job_id, "-o", str(out))
+        dep.run_on("sub", *GQ, "results", job_id, "-o", str(out))
         lines = [json.loads(line) for line in out.read_text().splitlines()]
-        attempts = json.loads(run_on(net, "sub", sys.executable, "-c", _ATTEMPTS, DB_URL, job_id))
+        attempts = json.loads(dep.run_on("sub", sys.executable, "-c", _ATTEMPTS, DB_URL, job_id))
         w1_alive = set(net.pids("w1"))
     finally:
-        redis.kill()
-        pg.stop()
+        dep.stop()
 
     # Exactly one result per item: nothing lost, nothing duplicated.
     assert final["state"] == "completed", final
