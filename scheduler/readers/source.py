@@ -58,13 +58,12 @@ class _Metered(io.RawIOBase):
             return 0
         if len(buffer) > room:
             buffer = memoryview(buffer)[:room]
-        readinto = getattr(self._stream, "readinto", None)
-        if readinto is not None:
-            n = int(readinto(buffer) or 0)
-        else:
-            data = self._stream.read(len(buffer))
-            n = len(data)
-            buffer[:n] = data
+        # read1 returns what is there (buffered bytes, or one read underneath): a pipe or
+        # stdin that trickles in is read as it comes, not once a whole buffer arrived.
+        read1 = getattr(self._stream, "read1", None)
+        data = read1(len(buffer)) if read1 is not None else self._stream.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
         self.count += n
         return n
 

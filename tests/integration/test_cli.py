@@ -138,6 +138,8 @@ def test_submit_to_postgres_with_two_worker_processes(
     src = write_jsonl(
         tmp_path / "in.jsonl", [{"prompt": f"item {i} " + "word " * (i % 30)} for i in range(300)]
     )
+    # As the README deploys it: the schema first (workers never create or change it).
+    gq("db", "upgrade", env=services)
     worker = start(
         ["worker", "--model", str(tiny_gpt2_dir), "--processes", "2", "--device", "cpu"], services
     )

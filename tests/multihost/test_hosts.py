@@ -24,7 +24,7 @@ from tests.multihost.netns import DB_URL, GQ, Deployment, Hosts, unavailable
 pytestmark = pytest.mark.slow
 
 ITEMS = 2400
-LEASE_S = 5.0
+LEASE_S = 8.0
 RECONCILE_S = 1.0
 CUT_S = 30.0  # longer than the lease: the cut host's tasks are taken over meanwhile
 ENV = {
@@ -92,6 +92,7 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.5)
         w1_pids = set(net.pids("w1"))
+        w2_pids = set(net.pids("w2"))
         net.link("w1", up=False)  # its cable: TCP connections hang, nothing is refused
         cut_at = time.time()
         time.sleep(2)
@@ -125,8 +126,17 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
 
     # The cut host's and the killed host's leases expired within the lease (plus a
     # reconciler pass) of the faults, and their tasks were run again by someone.
-    expired = [a for a in attempts if a[2] == "lease_expired"]
-    assert expired, f"no lease expired: {attempts}"
+    def on_host(worker: str, pids: set[int]) -> bool:
+        return any(f"gq-{p}-" in worker for p in pids)
+
+    # The attempts the faults cut short (a loaded machine may expire others too: that is
+    # a duplicate execution, which first-writer-wins absorbs, not a loss).
+    expired = [
+        a
+        for a in attempts
+        if a[2] == "lease_expired" and a[3] < restored_at and on_host(a[1], w1_pids | w2_pids)
+    ]
+    assert expired, f"no lease of the cut or killed host expired: {attempts}"
     recovery = max(a[4] - cut_at for a in expired)
     for task_id, _, _, began, _ in expired:
         assert any(a[0] == task_id and a[3] > began for a in attempts)
@@ -142,8 +152,6 @@ def test_hosts_cut_off_and_killed_mid_job_lose_nothing(hosts: Hosts, tmp_path: P
     # and finished work after the cable was back.
     assert w1_pids and w1_pids <= w1_alive, (w1_pids, w1_alive)
     after = [
-        a
-        for a in attempts
-        if a[3] > restored_at and a[2] == "done" and any(f"gq-{p}-" in a[1] for p in w1_pids)
+        a for a in attempts if a[3] > restored_at and a[2] == "done" and on_host(a[1], w1_pids)
     ]
     assert after, f"the cut-off worker did no work after reconnecting: {attempts}"

@@ -60,3 +60,37 @@ def test_stdin_like_stream_defaults_to_jsonl_and_stays_open() -> None:
 def test_stream_with_explicit_format() -> None:
     stream = io.BytesIO(b"prompt\nfrom a pipe\n")
     assert [r.prompt for r in good(items(stream, fmt="csv"))] == ["from a pipe"]
+
+
+def test_records_from_a_pipe_arrive_as_their_lines_do() -> None:
+    """A trickling pipe (stdin of a slow producer) is read line by line: each record is
+    yielded as soon as its line is in, not once a read buffer has filled."""
+    import os
+    import threading
+    import time
+
+    r, w = os.pipe()
+    second_written = threading.Event()
+    first_seen: list[float] = []
+
+    def feed() -> None:
+        with os.fdopen(w, "w") as out:
+            out.write('{"prompt": "a"}\n')
+            out.flush()
+            while not first_seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second_written.set()
+            out.write('{"prompt": "b"}\n')
+
+    deadline = time.monotonic() + 10
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    with os.fdopen(r, "rb") as src:
+        got = []
+        for line, record in iter_records(src, "jsonl"):
+            if line == 1:
+                assert not second_written.is_set()  # yielded before the next line came
+                first_seen.append(time.monotonic())
+            got.append(record)
+    thread.join(5)
+    assert got == [{"prompt": "a"}, {"prompt": "b"}]
