@@ -33,6 +33,7 @@ from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.settings import Settings
 from genqueue.storage.db import open_store
+from genqueue.worker.heartbeat import Presence
 from genqueue.worker.pipeline import Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
 from genqueue.worker.transient import is_transient
@@ -114,6 +115,15 @@ def main(argv: list[str] | None = None) -> None:
         engine.info.device,
         queue,
     )
+    presence = Presence(
+        store,
+        name,
+        queue=queue,
+        model=model_ref,
+        engine=engine.info.engine,
+        every=settings.heartbeat_seconds,
+    )
+    presence.start()
     worker = app.Worker(
         pool="solo",
         concurrency=1,
@@ -126,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         quiet=True,
     )
     worker.start()
+    presence.stop()
     if pipeline is not None:
         pipeline.close()
     engine.close()
