@@ -158,7 +158,7 @@ def api_server(
         tenant: tenants.create_key(
             store, tenant.removesuffix("-admin"), admin=tenant == "ops-admin"
         )[1]
-        for tenant in ("alice", "bob", "carol", "dave", "ops-admin")
+        for tenant in ("alice", "bob", "carol", "dave", "fuzz", "ops-admin")
     }
     store.dispose()
     port = free_port()

@@ -1,0 +1,46 @@
+"""Schema fuzzing: schemathesis generates requests for every operation of the server's
+own /openapi.json; no answer is a 5xx, and every answer matches the document (status
+code, content type, body schema). Bounded: a few examples per operation."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.api.conftest import ApiServer
+
+pytestmark = pytest.mark.slow
+
+#: Examples per operation: enough to reach the error paths, small enough for ~1 minute.
+EXAMPLES = 12
+
+
+@pytest.fixture(scope="module")
+def api_schema(api_server: ApiServer) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(api_server.url + "/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_operation_answers_within_its_schema(
+    case: schemathesis.Case, api_server: ApiServer
+) -> None:
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {api_server.keys['fuzz']}"},
+        checks=[
+            schemathesis.checks.not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
+        timeout=30,
+    )
