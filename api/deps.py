@@ -46,15 +46,17 @@ def principal(
     ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     """The caller: the tenant of its key. A server with no key at all (it then listens on
-    loopback only) serves everyone as the default tenant."""
-    if credentials is None:
-        if tenants.any_key(ctx.store):
-            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    loopback only) serves everyone as the default tenant, whatever key they send (SDKs
+    always send one)."""
+    if credentials is not None:
+        found = tenants.authenticate(ctx.store, credentials.credentials)
+        if found is not None:
+            return found
+    if not tenants.any_key(ctx.store):
         return Principal(DEFAULT_TENANT)
-    found = tenants.authenticate(ctx.store, credentials.credentials)
-    if found is None:
-        raise Unauthorized("the API key is unknown or revoked")
-    return found
+    if credentials is None:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    raise Unauthorized("the API key is unknown or revoked")
 
 
 Caller = Annotated[Principal, Depends(principal)]
