@@ -3,6 +3,9 @@ job per model its lines name), with the status mapping of openai_status.py."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -16,14 +19,47 @@ from genqueue.api.submissions import cancel_jobs, submit_batch_file
 from genqueue.scheduler.openai_format import ENDPOINTS
 from genqueue.storage import batches, files, loading
 from genqueue.storage.models import Batch
-from genqueue.storage.status import token_usage
+from genqueue.storage.status import TokenUsage, token_usage
 
 router = APIRouter(prefix="/v1/batches", tags=["OpenAI batches"], responses=ERROR_RESPONSES)
 
 
+#: A running batch's token usage is summed over its results at most this often (the
+#: sum reads every result row; the counts stay exact on every request).
+USAGE_TTL_SECONDS = 1.0
+_USAGE_ENTRIES = 10_000
+
+
+class _UsageCache:
+    """Token usage per batch: summed again after USAGE_TTL_SECONDS while the batch runs,
+    kept for good once it is final (it no longer changes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, TokenUsage]] = OrderedDict()
+
+    def get(self, ctx: ApiContext, batch_id: str, job_ids: list[str], final: bool) -> TokenUsage:
+        now = time.monotonic()
+        with self._lock:
+            found = self._entries.get(batch_id)
+        if found is not None and found[0] > now:
+            return found[1]
+        usage = token_usage(ctx.store, job_ids)
+        with self._lock:
+            self._entries[batch_id] = (float("inf") if final else now + USAGE_TTL_SECONDS, usage)
+            self._entries.move_to_end(batch_id)
+            while len(self._entries) > _USAGE_ENTRIES:
+                self._entries.popitem(last=False)
+        return usage
+
+
+_usage = _UsageCache()
+
+
 def render(ctx: ApiContext, batch: Batch) -> BatchObject:
     view = batches.view_batch(ctx.store, batch.id)
-    usage = token_usage(ctx.store, [v.job.id for v in view.jobs])
+    final = openai_status.openai_status(batch, view) in openai_status.TERMINAL
+    usage = _usage.get(ctx, batch.id, [v.job.id for v in view.jobs], final)
     return BatchObject.model_validate(openai_status.batch_object(batch, view, usage))
 
 
