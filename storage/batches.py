@@ -4,6 +4,7 @@ state for the whole."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -167,3 +168,30 @@ def find_by_key(store: Store, key: str) -> Batch | None:
     """The batch created with this idempotency key, if any."""
     with store.read() as s:
         return s.scalar(select(Batch).where(Batch.idempotency_key == key))
+
+
+def fail_abandoned(store: Store, *, created_before: datetime) -> list[str]:
+    """API batches still validating with no job left, created before `created_before`:
+    the process reading their file died (its half-loaded jobs were removed as
+    abandoned). They fail, saying so; returns their ids."""
+    with store.session() as s:
+        has_jobs = select(Job.id).where(Job.batch_id == Batch.id).exists()
+        ids = list(
+            s.scalars(
+                select(Batch.id).where(
+                    Batch.phase == VALIDATING, Batch.created_at < created_before, ~has_jobs
+                )
+            )
+        )
+        if ids:
+            message = (
+                "the server stopped while reading the input file; nothing of it was queued. "
+                "Create the batch again"
+            )
+            error = {"code": "server_error", "message": message, "param": None, "line": None}
+            s.execute(
+                update(Batch)
+                .where(Batch.id.in_(ids), Batch.phase == VALIDATING)
+                .values(phase=FAILED, errors=[error], failed_at=utcnow())
+            )
+    return ids

