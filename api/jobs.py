@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,7 +97,7 @@ def _deadline(text: str | None) -> datetime | timedelta | None:
             f"deadline {text!r} is neither a duration (30m, 24h, 2d) nor an ISO time",
             param="deadline",
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.now().astimezone().tzinfo)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _spec(ctx: ApiContext, caller: Caller, body: JobCreate, key: str | None) -> JobSpec:

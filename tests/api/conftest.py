@@ -28,6 +28,8 @@ GQ = [sys.executable, "-m", "genqueue.cli"]
 UPLOAD_LIMIT = 24 << 20
 #: Items a tenant of the test server may have queued or running.
 QUEUED_ITEMS_LIMIT = 3000
+#: Lines per uploaded file the test server accepts.
+LINES_LIMIT = 200_000
 
 
 @dataclass
@@ -160,6 +162,7 @@ def api_server(
         "GENQUEUE_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
         "GENQUEUE_API_MAX_LIVE_JOBS": "50",
         "GENQUEUE_API_MAX_QUEUED_ITEMS": str(QUEUED_ITEMS_LIMIT),
+        "GENQUEUE_API_MAX_FILE_LINES": str(LINES_LIMIT),
         "OMP_NUM_THREADS": "1",
     }
     store = open_store(api_database)

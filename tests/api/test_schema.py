@@ -44,3 +44,20 @@ def test_every_operation_answers_within_its_schema(
         ],
         timeout=30,
     )
+
+
+def test_the_document_and_the_interactive_docs_are_served(api_server: ApiServer) -> None:
+    with api_server.http(None) as http:
+        doc = http.get("/openapi.json").json()
+        assert http.get("/docs").status_code == 200
+    for path in (
+        "/v1/files",
+        "/v1/files/{file_id}/content",
+        "/v1/batches/{batch_id}/cancel",
+        "/v1/models",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}/results",
+        "/v1/jobs/{job_id}/retry",
+    ):
+        assert path in doc["paths"], path
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]

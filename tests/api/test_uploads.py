@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import openai
 import psutil
 import pytest
 
-from tests.api.conftest import UPLOAD_LIMIT, ApiServer
+from tests.api.conftest import LINES_LIMIT, UPLOAD_LIMIT, ApiServer
 
 pytestmark = pytest.mark.slow
 
-CHUNK = b'{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n' * 800
+#: Long lines, so that the uploads stay under the line limit (tested on its own below).
+CHUNK = (b'{"custom_id": "x", "pad": "' + b"y" * 1000 + b'"}\n') * 64
 
 
 def multipart(total: int, boundary: str = "gqboundary") -> Iterator[bytes]:
@@ -63,3 +65,13 @@ def test_an_upload_over_the_limit_is_refused_without_growing_memory(
     # The refused uploads left no file behind; the accepted one is there.
     files_after = sum(len(f) for _, _, f in os.walk(api_server.env["GENQUEUE_FILES_DIR"]))
     assert files_after == files_before + 1
+
+
+def test_a_file_over_the_line_limit_is_refused(api_server: ApiServer) -> None:
+    client = api_server.openai("bob")
+    with pytest.raises(openai.APIStatusError) as err:
+        client.files.create(file=("many.jsonl", b"{}\n" * (LINES_LIMIT + 1)), purpose="batch")
+    assert err.value.status_code == 413
+    assert "GENQUEUE_API_MAX_FILE_LINES" in err.value.message
+    ok = client.files.create(file=("many.jsonl", b"{}\n" * LINES_LIMIT), purpose="batch")
+    assert ok.bytes == 3 * LINES_LIMIT
