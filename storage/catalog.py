@@ -38,5 +38,6 @@ def withdraw_model(store: Store, name: str) -> None:
     with store.session() as s:
         row = s.get(OfferedModel, name)
         if row is None:
-            raise ModelNotOffered(name, [])
+            names = list(s.scalars(select(OfferedModel.name).order_by(OfferedModel.name)))
+            raise ModelNotOffered(name, names)
         s.delete(row)

@@ -4,6 +4,8 @@ code, content type, body schema). Bounded: a few examples per operation."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -18,7 +20,7 @@ from tests.api.conftest import ApiServer
 pytestmark = pytest.mark.slow
 
 #: Examples per operation: enough to reach the error paths, small enough for ~1 minute.
-EXAMPLES = 12
+EXAMPLES = int(os.environ.get("GENQUEUE_TEST_FUZZ_EXAMPLES", "12"))
 
 
 @pytest.fixture(scope="module")
