@@ -42,7 +42,9 @@ class _UsageCache:
         now = time.monotonic()
         with self._lock:
             found = self._entries.get(batch_id)
-        if found is not None and found[0] > now:
+        # A batch that just became final is summed once more: the entry from while it
+        # ran may miss its last results.
+        if found is not None and found[0] > now and (found[0] == float("inf") or not final):
             return found[1]
         usage = token_usage(ctx.store, job_ids)
         with self._lock:
