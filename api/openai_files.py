@@ -177,6 +177,8 @@ def retrieve_file(ctx: Ctx, caller: Caller, file_id: str) -> FileObject:
     if size is None:
         size = sum(len(c) for c in iter_openai_file(ctx.store, batch_id, errors=errors))
         if final:
+            if len(_SIZES) >= 10_000:
+                _SIZES.pop(next(iter(_SIZES)))
             _SIZES[file_id] = size
     created = as_utc(batch.created_at)
     return FileObject(

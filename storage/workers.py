@@ -11,13 +11,19 @@ from sqlalchemy import delete, select, update
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.models import WorkerRow
 
+#: Rows of workers silent this long (killed, never removed) are deleted.
+FORGET_SECONDS = 24 * 3600.0
+
 
 def beat(store: Store, name: str, *, queue: str, model: str, engine: str | None) -> None:
-    """Record that worker `name` is alive (creating its row on the first beat)."""
+    """Record that worker `name` is alive (creating its row on the first beat, when the
+    rows of long-dead workers are also cleared away)."""
     now = utcnow()
     with store.session() as s:
         done = s.execute(update(WorkerRow).where(WorkerRow.name == name).values(seen_at=now))
         if not done.rowcount:
+            forget = now - timedelta(seconds=FORGET_SECONDS)
+            s.execute(delete(WorkerRow).where(WorkerRow.seen_at < forget))
             s.add(
                 WorkerRow(
                     name=name, queue=queue, model=model, engine=engine, started_at=now, seen_at=now
