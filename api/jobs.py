@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
+from genqueue import formats
 from genqueue.api.deps import ApiContext, Caller, Ctx, IdempotencyKey, scope
 from genqueue.api.errors import ERROR_RESPONSES, BadRequest
 from genqueue.api.limits import check_room
@@ -27,7 +28,7 @@ from genqueue.scheduler import exports
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.scheduler.submit import JobSpec, submit_job
 from genqueue.storage import batches, lifecycle
-from genqueue.storage.db import utcnow
+from genqueue.storage.db import aware, utcnow
 from genqueue.storage.dispatch import queued_tasks
 from genqueue.storage.errors import JobNotFound
 from genqueue.storage.loading import BATCH_PREFIX
@@ -179,8 +180,6 @@ async def create_job(request: Request, ctx: Ctx, caller: Caller, key: Idempotenc
 
 
 def _format_of(name: str) -> str | None:
-    from genqueue import formats
-
     found = formats.by_path(name, "input")
     return found.name if found else None
 
@@ -268,8 +267,6 @@ def _rate(view: JobView) -> dict[str, Any]:
     j, c = view.job, view.counts
     if j.started_at is None:
         return {"items_per_second": None, "eta_seconds": None}
-    from genqueue.storage.db import aware
-
     end = aware(j.finished_at) if j.finished_at else utcnow()
     elapsed = max(1e-3, (end - aware(j.started_at)).total_seconds())
     rate = c.done / elapsed

@@ -18,6 +18,7 @@ from genqueue.api.schemas import BatchCreate, BatchList, BatchObject
 from genqueue.api.submissions import cancel_jobs, submit_batch_file
 from genqueue.scheduler.openai_format import ENDPOINTS
 from genqueue.storage import batches, files, loading
+from genqueue.storage.errors import BatchNotFound
 from genqueue.storage.models import Batch
 from genqueue.storage.status import TokenUsage, token_usage
 
@@ -161,7 +162,5 @@ def cancel_batch(ctx: Ctx, caller: Caller, batch_id: str) -> BatchObject:
 def _api_batch(ctx: ApiContext, caller: Caller, batch_id: str) -> Batch:
     batch = batches.get_batch(ctx.store, batch_id, scope(caller))
     if batch.endpoint is None:  # made by the CLI: served by the native API
-        from genqueue.storage.errors import BatchNotFound
-
         raise BatchNotFound(batch_id)
     return batch
