@@ -76,9 +76,11 @@ def api(
 ) -> None:
     """Run the HTTP API (native jobs API and OpenAI-compatible Files + Batches)."""
     from genqueue.cli.embedded import default_database_url
+    from genqueue.security import check_settings
 
     s = settings(database_url, broker_url)
     s = s.model_copy(update={"database_url": s.database_url or default_database_url()})
+    check_settings(s, "API")
     if not s.broker_url:
         err.print(
             "[yellow]no broker (GENQUEUE_BROKER_URL): jobs are stored and sent by a "

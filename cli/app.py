@@ -8,12 +8,15 @@ service_commands.py (the long-running roles: worker, scheduler).
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from genqueue.errors import GenqueueError
 from genqueue.settings import Settings
@@ -89,10 +92,38 @@ def default_output(input_path: str) -> str:
     return str(p.with_name(f"{stem}.results.jsonl"))
 
 
+#: Anywhere on the command line (or GENQUEUE_DEBUG=1): show the traceback of an
+#: unexpected error instead of one line.
+DEBUG_FLAG = "--debug"
+
+
 def main() -> None:
+    """Run the CLI. genqueue's own errors (bad input, a bad option) print one line and
+    exit 2; anything unexpected prints one line too, and exits 1 (the traceback with
+    --debug). A user never gets a traceback for bad input."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    debug = DEBUG_FLAG in sys.argv[1:] or os.environ.get("GENQUEUE_DEBUG", "") not in ("", "0")
+    if DEBUG_FLAG in sys.argv[1:]:
+        sys.argv.remove(DEBUG_FLAG)
     try:
         app()
     except GenqueueError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        if debug:
+            traceback.print_exc()
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]", highlight=False)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        detail = str(exc).splitlines()[0][:500] if str(exc) else ""
+        err.print(
+            f"[red]error:[/] unexpected {type(exc).__name__}"
+            + (f": {escape(detail)}" if detail else "")
+            + ("" if debug else f" (run again with {DEBUG_FLAG} for the traceback)"),
+            highlight=False,
+            markup=True,
+        )
+        sys.exit(1)

@@ -75,7 +75,7 @@ def run(
     from genqueue.cli.embedded import EmbeddedStack
     from genqueue.cli.progress import follow
     from genqueue.protocol import cache_dir
-    from genqueue.scheduler.exports import export_format
+    from genqueue.scheduler.exports import check_target, export_format
     from genqueue.worker.supervisor import WorkerSpec, visible_gpus
 
     kwargs = job.submit_kwargs()
@@ -84,6 +84,9 @@ def run(
     # A bad -o fails now, not after the job.
     if export_format(target, results_format) != "openai" and errors is not None:
         raise OptionError("--errors goes with --results-format openai")
+    check_target(target, "-o")
+    if errors is not None:
+        check_target(errors, "--errors")
     started = time.monotonic()
     stack = EmbeddedStack.start(state, settings())
     try:

@@ -40,6 +40,16 @@ def worker(
             "a worker needs GENQUEUE_BROKER_URL and GENQUEUE_DATABASE_URL "
             "(or --broker-url and --database-url)"
         )
+    from genqueue.security import check_settings
+    from genqueue.storage.db import open_store
+    from genqueue.storage.migrate import check_schema
+
+    check_settings(s, "worker")
+    store = open_store(s.database_url, migrate=False)
+    try:
+        check_schema(store)  # one clear line now, rather than from every process
+    finally:
+        store.dispose()
     spec = WorkerSpec(options=options, processes=processes, loglevel=loglevel, env=s.child_env())
     raise typer.Exit(Supervisor(spec).run_forever())
 
@@ -60,6 +70,9 @@ def scheduler(
     s = settings(database_url, broker_url)
     if not s.broker_url:
         raise CliError("the scheduler needs GENQUEUE_BROKER_URL (or --broker-url)")
+    from genqueue.security import check_settings
+
+    check_settings(s, "scheduler")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -35,6 +35,7 @@ class Client:
         settings: Settings | None = None,
         dispatch: bool = True,
     ) -> None:
+        from genqueue.security import check_settings
         from genqueue.storage.db import open_store
 
         base = settings or Settings()
@@ -44,6 +45,7 @@ class Client:
                 "broker_url": broker_url or base.broker_url,
             }
         )
+        check_settings(self.settings, "client")
         self.store = open_store(self.settings.database_url)
         self._dispatcher: Any = None
         self._dispatch = dispatch and bool(self.settings.broker_url)
@@ -106,6 +108,7 @@ class Client:
             chat=chat,
             system=system,
             chat_template=chat_template,
+            limits=self.settings.input_limits(),
         )
         if isinstance(source, str | Path) or hasattr(source, "read"):
             return submit_job(self.store, self.dispatcher, source, spec, fmt=format).job_id
@@ -250,9 +253,27 @@ class _spool:
         self.file: IO[bytes] | None = None
 
     def __enter__(self) -> BinaryIO:
+        from genqueue.scheduler.errors import InputFormatError
+
         f = tempfile.SpooledTemporaryFile(max_size=64 << 20)
-        for rec in self.records:
-            f.write(json.dumps(rec, ensure_ascii=False).encode())
+        for n, rec in enumerate(self.records, start=1):
+            try:
+                try:
+                    line = json.dumps(rec, ensure_ascii=False).encode()
+                except UnicodeEncodeError:  # a lone surrogate: the reader names it
+                    line = json.dumps(rec).encode()
+            except RecursionError:
+                f.close()
+                raise InputFormatError(
+                    f"record {n}: nested too deeply to be written as JSON"
+                ) from None
+            except (TypeError, ValueError) as exc:
+                f.close()
+                raise InputFormatError(
+                    f"record {n}: cannot be written as JSON ({exc}); records hold text, "
+                    "numbers, booleans, lists and objects"
+                ) from None
+            f.write(line)
             f.write(b"\n")
         f.seek(0)
         self.file = f

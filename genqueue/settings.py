@@ -5,12 +5,41 @@ Nothing reads the environment at import time; each command builds one `Settings`
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GENQUEUE_"
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds on what one submission may hand the scheduler, enforced while it reads, so
+    that memory and time stay bounded by these numbers and not by the input. Each
+    violation is a problem with its line number (see README, "Input limits")."""
+
+    #: Bytes per JSON line, CSV record or Parquet row; a longer line stops being read
+    #: into memory at this size (the rest is skipped in small chunks and counted).
+    max_record_bytes: int = 8 * MiB
+    #: Nesting depth of objects and arrays inside one record.
+    max_nesting_depth: int = 64
+    #: Characters per text field of a record (and per message of a conversation).
+    max_field_chars: int = 4_000_000
+    #: Characters of one rendered prompt (template output, or a conversation's text).
+    max_prompt_chars: int = 4_000_000
+    #: Bytes of input per job, after gunzip: a compressed input cannot expand without end.
+    max_input_bytes: int = 64 * 1024 * MiB
+    #: Records per job.
+    max_records: int = 50_000_000
+    #: Uncompressed bytes of one Parquet row group (pyarrow reads a row group at once).
+    max_row_group_bytes: int = 1024 * MiB
+
+
+_LIMITS = InputLimits()
 
 
 class Settings(BaseSettings):
@@ -47,6 +76,18 @@ class Settings(BaseSettings):
     #: current one, and commits the previous one's last results meanwhile. Off: one task
     #: at a time (a queued task never waits behind a busy worker's current task).
     prefetch: bool = True
+    #: Start even when the broker or the database is reached over a network without a
+    #: password (see genqueue/security.py): only on a private network you trust.
+    allow_insecure: bool = False
+    #: Input limits (see InputLimits, and the README's "Input limits").
+    max_record_bytes: int = Field(_LIMITS.max_record_bytes, ge=1024)
+    max_nesting_depth: int = Field(_LIMITS.max_nesting_depth, ge=2, le=10_000)
+    max_field_chars: int = Field(_LIMITS.max_field_chars, ge=16)
+    max_prompt_chars: int = Field(_LIMITS.max_prompt_chars, ge=16)
+    max_input_bytes: int = Field(_LIMITS.max_input_bytes, ge=1024)
+    max_records: int = Field(_LIMITS.max_records, ge=1)
+    max_row_group_bytes: int = Field(_LIMITS.max_row_group_bytes, ge=1024)
+
     # -- the HTTP API (`genqueue api` / `genqueue serve`) ----------------------------------
     #: Largest upload accepted (bytes): a larger one is refused with 413 while it streams
     #: in, without being held in memory. OpenAI's limit is 200 MB; the default is 2 GiB.
@@ -59,6 +100,9 @@ class Settings(BaseSettings):
     api_max_live_jobs: int = Field(1000, ge=1)
     #: Where uploaded files are kept (default: `files/` in GENQUEUE_HOME).
     files_dir: str | None = None
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(**{f.name: getattr(self, f.name) for f in fields(InputLimits)})
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -32,6 +32,9 @@ class LineProblem:
     line: int
     message: str
     custom_id: str | None = None
+    #: Reading cannot go on past this problem (an input limit, a CSV field that never
+    #: ends): the reader stops, and the input is rejected with what was found so far.
+    fatal: bool = False
 
     def __str__(self) -> str:
         text = f"line {self.line}: {self.message}"

@@ -54,6 +54,28 @@ def export_format(path: str, explicit: str | None = None) -> str:
     return detected.name
 
 
+def check_target(path: str, what: str = "output") -> None:
+    """Fail now, before any work, when results could not be written to `path` later:
+    a directory, a read-only file, a folder that cannot be created or written to
+    (missing folders are created when the results are written)."""
+    if path == "-":
+        return
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ExportError(f"{what} {path!r} is a directory; give a file name")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise ExportError(f"{what} {path!r} is not writable")
+        return
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"{what} {path!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{what} {path!r}: the folder {str(folder)!r} is not writable")
+
+
 def _write_jsonl(lines: Iterator[ResultLine], out: IO[str]) -> int:
     n = 0
     for line in lines:

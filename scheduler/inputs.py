@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from genqueue.scheduler.chat import Message, as_conversation, flatten, record_me
 from genqueue.scheduler.errors import InputFormatError, LineProblem, RecordError, SpecError
 from genqueue.scheduler.kinds import (
     JobInputSpec,
+    json_cell,
+    prompt_too_large,
     record_custom_id,
     record_params,
     render_prompt,
@@ -99,7 +100,7 @@ def open_items(
     body)."""
     validate_spec(spec)
     resolved = detect_format(detection_name(source), fmt)
-    records = iter_records(source, "jsonl" if resolved == "openai" else resolved)
+    records = iter_records(source, "jsonl" if resolved == "openai" else resolved, spec.limits)
     if resolved == "jsonl":
         records, resolved = _sniff(records)
     if resolved == "openai":
@@ -145,20 +146,24 @@ def _parse_item(
         problems.append(str(exc))
     try:
         # CSV (and Parquet string columns) can only carry params as JSON text.
-        params = record_params(record.get("params"), spec.base_params, json_text=tabular)
+        params = record_params(
+            record.get("params"), spec.base_params, json_text=tabular, limits=spec.limits
+        )
     except RecordError as exc:
         problems.append(str(exc))
     try:
         if spec.kind == "chat":
             value = record.get("messages")
             if tabular and isinstance(value, str):
-                value = _json_cell("messages", value)
+                value = json_cell("messages", value, spec.limits)
             messages = record_messages(value, system=spec.system)
             prompt = flatten(messages)
         else:
             prompt = render_prompt(spec, record)
             if spec.chat:
                 messages = as_conversation(prompt, spec.system)
+        if len(prompt) > spec.limits.max_prompt_chars:
+            raise RecordError(prompt_too_large(len(prompt), spec.limits))
     except RecordError as exc:
         problems.append(str(exc))
     if problems:
@@ -174,15 +179,9 @@ def _parse_openai(line: int, record: Record, spec: JobInputSpec) -> ParsedItem |
         if custom_id is None:
             raise RecordError("custom_id is missing; every OpenAI batch line needs one")
         req = parse_request(record, system=spec.system)
+        if len(req.prompt) > spec.limits.max_prompt_chars:
+            raise RecordError(prompt_too_large(len(req.prompt), spec.limits))
         params = record_params(req.params or None, spec.base_params)
     except RecordError as exc:
         return LineProblem(line, str(exc), custom_id)
     return ParsedItem(line, custom_id, req.prompt, params, req.messages, req.kind, req.model)
-
-
-def _json_cell(name: str, text: str) -> Any:
-    """A CSV cell holding JSON (a conversation)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"{name} is not valid JSON: {exc.msg} (column {exc.colno})") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pydantic import ValidationError
 
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler.errors import RecordError, SpecError
+from genqueue.scheduler.readers.checks import load_json, value_problem
+from genqueue.settings import InputLimits
 
 #: Job kinds. "chat" records carry a conversation (`messages`) instead of prompt fields.
 KINDS = ("generate", "summarize", "translate", "qa", "chat")
@@ -31,6 +34,18 @@ MAX_CUSTOM_ID_CHARS = 512
 
 #: How many record field names an error message lists.
 _FIELDS_SHOWN = 30
+
+#: The widest width or precision a template's format spec may ask for: a width pads a
+#: value, so an unbounded one turns a short field into a prompt of any size.
+MAX_FORMAT_WIDTH = 1000
+
+#: Python's format-spec mini-language for text and numbers:
+#: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
+_FORMAT_SPEC = re.compile(
+    r"(?:(?P<fill>.)?[<>=^])?[-+ ]?z?#?0?(?P<width>\d+)?[,_]?(?:\.(?P<precision>\d+))?"
+    r"[bcdeEfFgGnosxX%]?",
+    re.DOTALL,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,7 @@ class JobInputSpec:
     chat: bool = False
     #: A system message for conversations that have none.
     system: str | None = None
+    limits: InputLimits = field(default_factory=InputLimits)
 
     @property
     def is_chat(self) -> bool:
@@ -122,7 +138,7 @@ def render_prompt(spec: JobInputSpec, record: Mapping[str, Any]) -> str:
     Raises RecordError saying which field is missing, of the wrong type, or blank.
     """
     if spec.template is not None:
-        return _render_template(spec.template, record, spec.defaults)
+        return _render_template(spec.template, record, spec.defaults, spec.limits)
     kind = _kind(spec.kind)
     values: dict[str, str] = {}
     for name in kind.required:
@@ -168,7 +184,11 @@ def record_custom_id(value: Any) -> str | None:
 
 
 def record_params(
-    value: Any, base: GenerationParams, *, json_text: bool = False
+    value: Any,
+    base: GenerationParams,
+    *,
+    json_text: bool = False,
+    limits: InputLimits | None = None,
 ) -> dict[str, Any] | None:
     """A record's per-item param overrides, validated merged over the job's `base` params:
     only the keys the record set, coerced and JSON-ready; None when it set none.
@@ -180,10 +200,7 @@ def record_params(
     if json_text and isinstance(value, str):
         if not value.strip():
             return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"params is not valid JSON: {exc.msg} (column {exc.colno})") from None
+        value = json_cell("params", value, limits or InputLimits())
     if not isinstance(value, dict):
         raise RecordError(
             'params must be an object of generation parameters, e.g. {"temperature": 0.7}, '
@@ -198,6 +215,21 @@ def record_params(
     # Only the keys the item set: the job's params stay the one place for everything else.
     dumped = merged.model_dump(mode="json")
     return {key: dumped[key] for key in value}
+
+
+def json_cell(name: str, text: str, limits: InputLimits) -> Any:
+    """A text field holding JSON (a CSV cell with params or a conversation), parsed and
+    held to the input limits like a JSON line."""
+    try:
+        value = load_json(text, limits)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{name} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:
+        raise RecordError(f"{name} is not valid JSON: {exc}") from None
+    problem = value_problem(value, name, limits)
+    if problem is not None:
+        raise RecordError(problem)
+    return value
 
 
 # -- templates ---------------------------------------------------------------------------
@@ -235,8 +267,29 @@ def _compile(template: str) -> tuple[_Piece, ...]:
                     f"template {template!r}: unknown conversion !{conversion} in "
                     f"{{{name}!{conversion}}}; allowed: !s, !r, !a"
                 )
+            if format_spec:
+                _check_format_spec(template, name, format_spec)
         pieces.append(_Piece(literal, name, format_spec or "", conversion))
     return tuple(pieces)
+
+
+def _check_format_spec(template: str, name: str, format_spec: str) -> None:
+    """Widths and precisions up to MAX_FORMAT_WIDTH: a format spec may align or round a
+    value, but never blow it up."""
+    found = _FORMAT_SPEC.fullmatch(format_spec)
+    if found is None:
+        raise SpecError(
+            f"template {template!r}: {{{name}:{format_spec}}} is not a format spec for text "
+            "or numbers (e.g. {name:>10} or {score:.2f})"
+        )
+    for part in ("width", "precision"):
+        value = found.group(part)
+        if value is not None and int(value) > MAX_FORMAT_WIDTH:
+            raise SpecError(
+                f"template {template!r}: {{{name}:{format_spec}}} asks for a {part} of "
+                f"{int(value):,}; at most {MAX_FORMAT_WIDTH} is allowed (a {part} pads or "
+                "expands the value, it must not make the prompt huge)"
+            )
 
 
 def _check_field_name(template: str, name: str) -> None:
@@ -257,10 +310,17 @@ def _check_field_name(template: str, name: str) -> None:
         )
 
 
-def _render_template(template: str, record: Mapping[str, Any], defaults: Mapping[str, str]) -> str:
+def _render_template(
+    template: str,
+    record: Mapping[str, Any],
+    defaults: Mapping[str, str],
+    limits: InputLimits,
+) -> str:
     parts: list[str] = []
+    size = 0
     for piece in _compile(template):
         parts.append(piece.literal)
+        size += len(piece.literal)
         if piece.name is None:
             continue
         value = _lookup(piece.name, record, defaults)
@@ -270,14 +330,26 @@ def _render_template(template: str, record: Mapping[str, Any], defaults: Mapping
                 f"template field {{{piece.name}}} is not in the record; "
                 f"{_describe_fields(record)}{where}"
             )
-        parts.append(_format_value(piece, value))
+        text = _format_value(piece, value, limits.max_prompt_chars - size)
+        parts.append(text)
+        size += len(text)
+        if size > limits.max_prompt_chars:
+            raise RecordError(prompt_too_large(size, limits, at_least=True))
     prompt = "".join(parts)
     if not prompt.strip():
         raise RecordError("the prompt rendered from the template is empty")
     return prompt
 
 
-def _format_value(piece: _Piece, value: Any) -> str:
+def prompt_too_large(size: int, limits: InputLimits, *, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return (
+        f"the prompt is {more}{size:,} characters; at most {limits.max_prompt_chars:,} are "
+        "allowed (GENQUEUE_MAX_PROMPT_CHARS)"
+    )
+
+
+def _format_value(piece: _Piece, value: Any, room: int) -> str:
     if isinstance(value, bool):
         # Inputs are JSON/CSV/Parquet, not Python: render booleans the way they were written.
         value = "true" if value else "false"
@@ -285,6 +357,13 @@ def _format_value(piece: _Piece, value: Any) -> str:
         raise RecordError(
             f"template field {{{piece.name}}} must be text or a number, "
             f"got {type_name(value)} ({_short(value)})"
+        )
+    if piece.conversion in ("r", "a") and isinstance(value, str) and len(value) * 10 > room:
+        # repr() and ascii() may write a character as up to 10 ("\\U0001f600").
+        raise RecordError(
+            f"template field {{{piece.name}}} is {len(value):,} characters, too long to "
+            f"write with !{piece.conversion} within the prompt limit "
+            f"({room:,} characters left; GENQUEUE_MAX_PROMPT_CHARS)"
         )
     if piece.conversion == "r":
         value = repr(value)

@@ -1,9 +1,10 @@
 """Storing an input window by window: into one job, or into the jobs of a batch (one per
 model an input names), with bounded memory for any input size.
 
-Each job's items are kept in a window of `planning_window` items, planned by length
-(planning.py) and stored when it fills. With a dispatcher, a full window's tasks are sent
-at once, so on a large input workers start while the rest is read; jobs stay
+Each job's items are kept in a window of `planning_window` items (and at most
+`window_chars` characters of prompts, so long documents do not pile up in memory),
+planned by length (planning.py) and stored when it fills. With a dispatcher, a full
+window's tasks are sent at once, so on a large input workers start while the rest is read; jobs stay
 `submitting` (they cannot end) until every item is stored. A problem found later stops
 that work, and the whole submission is rejected and removed by the caller. The last
 window of each job is sent only after the whole input was checked.
@@ -20,6 +21,7 @@ from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.scheduler.errors import MAX_PROBLEMS_SHOWN, InputError, LineProblem
 from genqueue.scheduler.inputs import ParsedItem
 from genqueue.scheduler.planning import Sizing, plan
+from genqueue.scheduler.promptfit import PromptFit
 from genqueue.storage import lifecycle, loading
 from genqueue.storage.db import Store
 from genqueue.storage.models import Job
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: While reading a slow input, the submission tells the reconciler it is alive this often.
 TOUCH_SECONDS = 30.0
+#: Prompt characters a window holds at most before it is stored.
+WINDOW_CHARS = 16 * 1024 * 1024
 
 
 @dataclass
@@ -37,10 +41,13 @@ class Loading:
     job: Job
     sizing: Sizing
     window: list[loading.NewItem] = field(default_factory=list)
+    window_chars: int = 0
     items: int = 0
     tasks: int = 0
     #: Whether full windows are still sent as they are stored (until a send fails).
     early: bool = True
+    #: Finds prompts that cannot fit the model (None: the workers decide every one).
+    fit: PromptFit | None = None
 
 
 #: Finds (or creates) the job an item belongs to, or says why the item has none.
@@ -55,17 +62,19 @@ class Loader:
         *,
         name: str,
         planning_window: int,
+        window_chars: int = WINDOW_CHARS,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.name = name
         self.planning_window = planning_window
+        self.window_chars = window_chars
         self.jobs: list[Loading] = []
         self.problems: list[LineProblem] = []
         self.n_problems = 0
 
-    def add_job(self, job: Job, sizing: Sizing) -> Loading:
-        target = Loading(job, sizing, early=self.dispatcher is not None)
+    def add_job(self, job: Job, sizing: Sizing, fit: PromptFit | None = None) -> Loading:
+        target = Loading(job, sizing, early=self.dispatcher is not None, fit=fit)
         self.jobs.append(target)
         return target
 
@@ -86,6 +95,8 @@ class Loader:
                     entry = LineProblem(entry.line, found, entry.custom_id)
             if isinstance(entry, LineProblem):
                 self._problem(entry)
+                if entry.fatal:
+                    break  # the reader cannot go on (an input limit)
                 continue
             if self.n_problems:
                 idx += 1
@@ -99,10 +110,12 @@ class Loader:
                     prompt=entry.prompt,
                     params=entry.params,
                     messages=entry.messages,
+                    rejected=_rejection(found, entry),
                 )
             )
             idx += 1
-            if len(found.window) >= self.planning_window:
+            found.window_chars += len(entry.prompt)
+            if len(found.window) >= self.planning_window or found.window_chars >= self.window_chars:
                 self._flush(found, final=False)
         if not self.n_problems:
             for target in self.jobs:
@@ -123,17 +136,21 @@ class Loader:
         if self.n_problems == 1:
             for target in self.jobs:
                 target.window.clear()  # stop storing: the input will be rejected anyway
+                target.window_chars = 0
                 if target.tasks and self.dispatcher is not None:
                     lifecycle.stop_job(self.store, target.job.id)  # stop work on it
 
     def _flush(self, target: Loading, *, final: bool) -> None:
         if not target.window:
             return
-        tasks = plan(target.window, target.sizing)
+        runnable = [pos for pos, it in enumerate(target.window) if it.rejected is None]
+        planned = plan([target.window[pos] for pos in runnable], target.sizing)
+        tasks = [[runnable[i] for i in members] for members in planned]
         task_ids = loading.add_chunk(self.store, target.job, target.window, tasks)
         target.items += len(target.window)
         target.tasks += len(tasks)
         target.window.clear()
+        target.window_chars = 0
         if final or not target.early or self.dispatcher is None:
             return
         job = target.job
@@ -156,3 +173,18 @@ class Loader:
                     custom_id=cid,
                 )
             )
+
+
+def _rejection(target: Loading, item: ParsedItem) -> tuple[str, str] | None:
+    """(code, message) when the item's prompt certainly cannot fit its model."""
+    if target.fit is None:
+        return None
+    new_tokens = target.sizing.new_tokens
+    if item.params and "max_new_tokens" in item.params:
+        new_tokens = int(item.params["max_new_tokens"])
+    if item.messages is None:
+        found = target.fit.check(item.prompt, new_tokens)
+    else:  # the conversation's text; its chat template only adds tokens
+        contents = [m["content"] for m in item.messages]
+        found = target.fit.check("".join(contents), new_tokens, joins=len(contents))
+    return None if found is None else (found.code, found.message)

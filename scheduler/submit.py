@@ -25,6 +25,8 @@ from genqueue.scheduler.loader import Loader, Loading
 from genqueue.scheduler.modelcheck import check_model
 from genqueue.scheduler.openai_format import ENDPOINTS
 from genqueue.scheduler.planning import Sizing
+from genqueue.scheduler.promptfit import PromptFit
+from genqueue.settings import InputLimits
 from genqueue.storage import batches, dispatch, lifecycle, loading
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.models import DEFAULT_TENANT, Batch, Job
@@ -76,6 +78,8 @@ class JobSpec:
     #: A window is cut into at least this many tasks (smaller than chunk_size if need
     #: be), so a small job still spreads over every worker instead of a few big tasks.
     min_tasks_per_window: int = 16
+    #: Bounds on the input, enforced while it is read (GENQUEUE_MAX_* settings).
+    limits: InputLimits = field(default_factory=InputLimits)
     #: Whose job it is (the HTTP API's tenants; the CLI submits as the default one).
     tenant: str = DEFAULT_TENANT
     #: When set, model names resolve through this mapping only (the models the operator
@@ -168,6 +172,7 @@ def submit_job(
         base_params=spec.params,
         chat=spec.chat,
         system=spec.system,
+        limits=spec.limits,
     )
     name = input_name or (str(source) if isinstance(source, str | Path) else "<stdin>")
     resolved, items = open_items(source, input_spec, fmt=fmt)
@@ -196,7 +201,7 @@ def submit_job(
         view = view_job(store, created)
         return Submitted(created, view.job.total_items, 0, False, (created,))
     loader = Loader(store, dispatcher, name=name, planning_window=spec.planning_window)
-    target = loader.add_job(created, spec.sizing)
+    target = loader.add_job(created, spec.sizing, _fit(spec, model_ref))
     try:
         total = loader.load(items, lambda _item: target)
     except BaseException:
@@ -279,7 +284,7 @@ def _submit_batch(
                     revision=offered.revision,
                 )
                 assert isinstance(job, Job)  # jobs of a batch have no idempotency key
-                groups[key] = loader.add_job(job, spec.sizing)
+                groups[key] = loader.add_job(job, spec.sizing, _fit(spec, ref))
         return groups[key]
 
     try:
@@ -292,6 +297,12 @@ def _submit_batch(
         raise
     tasks = _open_and_send(store, dispatcher, loader.jobs, spec)
     return Submitted(batch.id, total, tasks, True, tuple(t.job.id for t in loader.jobs))
+
+
+def _fit(spec: JobSpec, model_ref: str) -> PromptFit | None:
+    """Prompts that cannot fit are failed at submission, unless the job truncates them
+    (the worker cuts those, by characters first, then exactly by tokens)."""
+    return None if spec.truncate else PromptFit.for_model(model_ref)
 
 
 def _create_job(

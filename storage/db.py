@@ -51,6 +51,8 @@ class Store:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = normalize_url(url)
         parsed = make_url(self.url)
+        #: The URL without its password, for messages and logs.
+        self.safe_url = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         if self.dialect not in (dialect.SQLITE, dialect.POSTGRES):
             raise StorageError(

@@ -53,3 +53,8 @@ class ModelNotOffered(StorageError):
         names = ", ".join(offered) if offered else "none yet (`genqueue models add`)"
         super().__init__(f"model {name!r} is not offered here; offered models: {names}")
         self.name = name
+
+
+class SchemaMismatch(StorageError):
+    """Raised when the database's schema is not the one this genqueue was built for
+    (older: run `genqueue db upgrade`; newer: upgrade genqueue on this host)."""

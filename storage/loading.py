@@ -21,7 +21,16 @@ from genqueue.storage import dialect
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.errors import JobStateError
 from genqueue.storage.lifecycle import finalize_job_in
-from genqueue.storage.models import DEFAULT_TENANT, Batch, Item, Job, JobState, Task, TaskState
+from genqueue.storage.models import (
+    DEFAULT_TENANT,
+    Batch,
+    Item,
+    Job,
+    JobState,
+    ResultStatus,
+    Task,
+    TaskState,
+)
 from genqueue.storage.text import clean_text
 
 
@@ -34,6 +43,13 @@ class NewItem:
     prompt: str
     params: dict[str, Any] | None = None
     messages: list[dict[str, str]] | None = None
+    #: (error code, message) of an item the scheduler failed at submission (its prompt
+    #: cannot fit the model): stored with its result, in a task that is already done.
+    rejected: tuple[str, str] | None = None
+
+
+#: The `worker` of results the scheduler wrote itself (items failed at submission).
+SCHEDULER_WORKER = "scheduler"
 
 
 def new_job_id() -> str:
@@ -125,28 +141,38 @@ def add_chunk(
     store: Store, job: Job, items: Sequence[NewItem], tasks: Sequence[Sequence[int]]
 ) -> list[int]:
     """Insert a window of items and the tasks that group them, in one transaction.
-    `tasks` lists, per task, the positions (into `items`) of its items. Returns the new
-    task ids, in `tasks` order."""
+    `tasks` lists, per task, the positions (into `items`) of its items; rejected items
+    belong to no task of it, and go into one task that is done already, with their
+    results. Returns the new (pending) task ids, in `tasks` order."""
+    rejected = [pos for pos, it in enumerate(items) if it.rejected is not None]
     with store.session() as s:
         _touch(s, job.id)
-        task_ids = list(
-            s.scalars(
-                insert(Task).returning(Task.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "job_id": job.id,
-                        "priority": job.priority,
-                        "n_items": len(members),
-                        "state": TaskState.PENDING.value,
-                    }
-                    for members in tasks
-                ],
+        task_ids = (
+            list(
+                s.scalars(
+                    insert(Task).returning(Task.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "job_id": job.id,
+                            "priority": job.priority,
+                            "n_items": len(members),
+                            "state": TaskState.PENDING.value,
+                        }
+                        for members in tasks
+                    ],
+                )
             )
+            if tasks
+            else []
         )
         owner = [0] * len(items)
         for task_id, members in zip(task_ids, tasks, strict=True):
             for pos in members:
                 owner[pos] = task_id
+        if rejected:
+            done = _rejected_task(s, job, [items[pos] for pos in rejected])
+            for pos in rejected:
+                owner[pos] = done
         dialect.insert_items(
             s,
             [
@@ -164,6 +190,36 @@ def add_chunk(
             ],
         )
     return task_ids
+
+
+def _rejected_task(s: Session, job: Job, items: Sequence[NewItem]) -> int:
+    """A done task holding items failed at submission, and their results."""
+    now = utcnow()
+    task_id = s.scalar(
+        insert(Task)
+        .values(
+            job_id=job.id,
+            priority=job.priority,
+            n_items=len(items),
+            n_failed=len(items),
+            state=TaskState.DONE.value,
+            finished_at=now,
+        )
+        .returning(Task.id)
+    )
+    assert task_id is not None
+    rows = []
+    for it in items:
+        assert it.rejected is not None
+        code, message = it.rejected
+        values = dict.fromkeys(name for name, _ in dialect.RESULT_COLUMNS)
+        values.update(
+            idx=it.idx, status=ResultStatus.FAILED.value, error_code=code, error_message=message
+        )
+        values["truncated"] = False
+        rows.append(tuple(values[name] for name, _ in dialect.RESULT_COLUMNS))
+    dialect.insert_results(s, (job.id, task_id, 0, SCHEDULER_WORKER, now), rows)
+    return task_id
 
 
 def _clean_messages(messages: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
@@ -218,8 +274,9 @@ def open_job(store: Store, job_id: str, total_items: int, *, chunk_size: int | N
         s.execute(update(Job).where(Job.id == job_id).values(**values))
         if total_items >= 10_000:
             dialect.analyze(s, ("items", "tasks"))
-        if started is not None:
-            finalize_job_in(s, job_id)  # its workers may have finished it during the load
+        # Its workers may have finished it during the load, or it had nothing to run
+        # (every item was failed at submission).
+        finalize_job_in(s, job_id)
 
 
 def _touch(s: Session, job_id: str) -> None:

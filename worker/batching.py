@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from genqueue.settings import InputLimits
 from genqueue.worker.engines.base import (
     Engine,
     GenRequest,
@@ -37,6 +38,9 @@ class BatchPolicy:
     token_budget: int = 16384
     max_batch_size: int = 64
     truncate: bool = False
+    #: A prompt (or conversation) longer than this is never tokenised: it fails alone,
+    #: or with `truncate` is cut by characters first (GENQUEUE_MAX_PROMPT_CHARS).
+    max_prompt_chars: int = InputLimits().max_prompt_chars
 
 
 @dataclass
@@ -144,19 +148,30 @@ def _precheck(
     engine: Engine, requests: Sequence[GenRequest], policy: BatchPolicy
 ) -> tuple[list[_Item], list[GenResult]]:
     """Tokenise each item once (its ids travel with it to the engine) and reject, or
-    truncate, what cannot fit the context."""
-    encoded = _tokenize(engine, requests)
+    truncate, what cannot fit the context. Huge prompts are bounded by characters before
+    anything is tokenised (`_bound`)."""
     max_ctx = engine.info.max_context
     items: list[_Item] = []
     rejected: list[GenResult] = []
-    for req, ids in zip(requests, encoded, strict=True):
+    bounded: list[GenRequest] = []
+    char_cut: set[int] = set()
+    for req in requests:
+        outcome = _bound(engine, req, policy)
+        if isinstance(outcome, GenResult):
+            rejected.append(outcome)
+        else:
+            if outcome is not req:
+                char_cut.add(req.key)
+            bounded.append(outcome)
+    encoded = _tokenize(engine, bounded)
+    for req, ids in zip(bounded, encoded, strict=True):
         if isinstance(ids, ItemError):
             rejected.append(_error(req, ids, 0))
             continue
         count = len(ids)
         max_new = req.params.max_new_tokens
         if max_ctx is None or count + max_new <= max_ctx:
-            items.append(_Item(replace(req, token_ids=tuple(ids)), count))
+            items.append(_Item(replace(req, token_ids=tuple(ids)), count, req.key in char_cut))
         elif max_new >= max_ctx:
             rejected.append(
                 _error(
@@ -186,9 +201,59 @@ def _precheck(
     return items, rejected
 
 
-def _too_long(req: GenRequest, count: int, max_new: int, max_ctx: int) -> GenResult:
+def _bound(engine: Engine, req: GenRequest, policy: BatchPolicy) -> GenRequest | GenResult:
+    """The request as it may be tokenised: unchanged, cut by characters (`truncate`), or
+    failed as too long without tokenising more than a bounded prefix.
+
+    An engine may say how many characters its longest token stands for
+    (`max_token_chars`): a prompt over (context + 1) times that many is then cut, or
+    judged by a prefix of that size, and never tokenised whole."""
+    chars = _chars(req)
+    max_ctx = engine.info.max_context
+    token_chars = getattr(engine, "max_token_chars", None)
+    limit = policy.max_prompt_chars
+    if max_ctx is not None and isinstance(token_chars, int) and token_chars > 0:
+        limit = min(limit, (max_ctx + 1) * token_chars)
+    if chars <= limit:
+        return req
+    if req.messages is None and policy.truncate:
+        # Decoder-only models keep the end of a prompt, seq2seq ones its start (as the
+        # exact cut does, see PromptCodec.truncate).
+        keep_start = engine.info.is_encoder_decoder
+        text = req.prompt[:limit] if keep_start else req.prompt[-limit:]
+        return replace(req, prompt=text)
+    max_new = req.params.max_new_tokens
+    if chars > policy.max_prompt_chars or max_ctx is None:
+        msg = (
+            f"prompt is {chars:,} characters; at most {policy.max_prompt_chars:,} are "
+            "allowed (GENQUEUE_MAX_PROMPT_CHARS); shorten it"
+            + (" or submit with --truncate" if req.messages is None else "")
+        )
+        return _error(req, ItemError("prompt_too_long", msg), 0)
+    # Count a prefix only: if it alone is too long, so is the whole prompt.
+    try:
+        [ids] = engine.tokenize([replace(req, prompt=req.prompt[:limit], messages=None)])
+    except Exception:
+        return req  # let the normal path report what is wrong with it
+    # A cut may merge two tokens; role labels in a conversation's text view are not in it.
+    count = len(ids) - 1 - (3 * len(req.messages) if req.messages else 0)
+    if count + max_new > max_ctx:
+        return _too_long(req, count, max_new, max_ctx, at_least=True)
+    return req  # a normaliser shrank it: count it whole (it is within the char limit)
+
+
+def _chars(req: GenRequest) -> int:
+    if req.messages is None:
+        return len(req.prompt)
+    return sum(len(m.get("content") or "") for m in req.messages)
+
+
+def _too_long(
+    req: GenRequest, count: int, max_new: int, max_ctx: int, *, at_least: bool = False
+) -> GenResult:
+    more = "more than " if at_least else ""
     msg = (
-        f"prompt has {count} tokens; with max_new_tokens {max_new} it exceeds the "
+        f"prompt has {more}{count} tokens; with max_new_tokens {max_new} it exceeds the "
         f"model's context of {max_ctx} tokens; shorten it, lower max_new_tokens, or "
         "submit with --truncate"
     )

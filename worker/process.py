@@ -31,8 +31,11 @@ from kombu.exceptions import MessageStateError
 from genqueue.broker import make_celery
 from genqueue.protocol import TASK_NAME, queue_for, resolve_model_ref
 from genqueue.scheduler.dispatch import Dispatcher
+from genqueue.security import InsecureSettings, check_settings
 from genqueue.settings import Settings
 from genqueue.storage.db import open_store
+from genqueue.storage.errors import SchemaMismatch
+from genqueue.storage.migrate import check_schema
 from genqueue.worker.heartbeat import Presence
 from genqueue.worker.pipeline import Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     if not settings.broker_url:
         raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
+    try:
+        check_settings(settings, "worker")
+    except InsecureSettings as exc:
+        raise SystemExit(f"genqueue worker: {exc}") from None
     if options.threads > 0:
         import torch
 
@@ -69,7 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     from genqueue.worker.engines import load_engine
 
     model_ref = resolve_model_ref(options.model)
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, migrate=False)
+    try:
+        check_schema(store)  # a worker never changes the schema under the others
+    except SchemaMismatch as exc:
+        raise SystemExit(f"genqueue worker: {exc}") from None
     engine = load_engine(options)
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings.broker_url, name="genqueue-worker")

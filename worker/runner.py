@@ -176,6 +176,7 @@ def prepare(ctx: WorkerContext, task_id: int, *, begin: bool = True) -> Running 
             token_budget=s.token_budget,
             max_batch_size=s.max_batch_size,
             truncate=bool(got.job_options.get("truncate")),
+            max_prompt_chars=s.max_prompt_chars,
         ),
     )
     try:

@@ -6,20 +6,50 @@ import contextlib
 import csv
 import io
 import re
+from collections.abc import Iterator
 from typing import IO, Any
 
 from genqueue.scheduler.errors import InputFormatError, LineProblem
+from genqueue.scheduler.readers.checks import record_too_large, text_problem
 from genqueue.scheduler.readers.source import Records
+from genqueue.settings import InputLimits
 
-# Python's csv module refuses fields over 128 KiB by default; a long document is one field.
-_CSV_FIELD_LIMIT = 2**31 - 1
 # Bytes that are not UTF-8 arrive from the text layer as these (errors="surrogateescape").
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
-def csv_records(stream: IO[bytes], name: str) -> Records:
-    # csv.field_size_limit is process-wide; raising it only ever accepts more input.
-    csv.field_size_limit(_CSV_FIELD_LIMIT)
+class _RecordTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class _BoundedLines:
+    """Physical lines for the csv module, none read past `max_record_bytes`, and no
+    record (which quoted newlines can spread over lines) longer than that in all."""
+
+    def __init__(self, text: IO[str], limit: int) -> None:
+        self.text = text
+        self.limit = limit
+        self.pending = 0  # bytes of the record being read so far
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            line = self.text.readline(self.limit + 1)
+            if not line:
+                return
+            size = len(line)
+            if size * 4 > self.limit:  # UTF-8 may take up to 4 bytes a character
+                size = len(line.encode("utf-8", "surrogateescape"))
+            self.pending += size
+            if self.pending > self.limit:
+                raise _RecordTooLarge(self.pending)
+            yield line
+
+
+def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
+    # csv.field_size_limit is process-wide; every reader sets it before it reads. A field
+    # past it is a problem; the default (128 KiB) is too small for a long document.
+    csv.field_size_limit(limits.max_field_chars)
     # surrogateescape keeps the text layer in step past bad bytes, so they become a
     # problem for their own row rather than the end of the file.
     text = io.TextIOWrapper(
@@ -29,20 +59,33 @@ def csv_records(stream: IO[bytes], name: str) -> Records:
         newline="",
     )
     try:
-        reader = csv.reader(text)
-        header = _csv_header(reader, name)
+        lines = _BoundedLines(text, limits.max_record_bytes)
+        reader = csv.reader(iter(lines))
+        try:
+            header = _csv_header(reader, name)
+        except _RecordTooLarge as exc:
+            raise InputFormatError(
+                f"{name}: line 1: the header {record_too_large(exc.size, limits, what='row')}"
+            ) from None
         end = reader.line_num
         while True:
+            lines.pending = 0
             try:
                 row = next(reader)
             except StopIteration:
                 return
+            except _RecordTooLarge as exc:
+                # The csv module cannot resume inside a record: reading stops here.
+                problem = record_too_large(exc.size, limits, what="the CSV record")
+                yield end + 1, LineProblem(end + 1, problem, fatal=True)
+                return
             except csv.Error as exc:
-                raise InputFormatError(f"{name}: line {end + 1}: unreadable CSV: {exc}") from exc
+                yield end + 1, LineProblem(end + 1, _csv_error(exc, limits), fatal=True)
+                return
             start, end = end + 1, reader.line_num
             if all(not cell.strip() for cell in row):
                 continue  # blank lines and all-empty rows (spreadsheets export them)
-            problem = _csv_row_problem(row, header, start, end)
+            problem = _csv_row_problem(row, header, start, end, limits)
             if problem is not None:
                 yield start, LineProblem(start, problem)
                 continue
@@ -77,7 +120,18 @@ def _csv_header(reader: Any, name: str) -> list[str]:
     return header
 
 
-def _csv_row_problem(row: list[str], header: list[str], start: int, end: int) -> str | None:
+def _csv_error(exc: csv.Error, limits: InputLimits) -> str:
+    if "field limit" in str(exc):
+        return (
+            f"a field is longer than {limits.max_field_chars:,} characters "
+            "(GENQUEUE_MAX_FIELD_CHARS); reading stopped here"
+        )
+    return f"unreadable CSV: {exc}; reading stopped here"
+
+
+def _csv_row_problem(
+    row: list[str], header: list[str], start: int, end: int, limits: InputLimits
+) -> str | None:
     for column, cell in zip(header, row, strict=False):
         bad = _ESCAPED_BYTE.search(cell)
         if bad is not None:
@@ -85,6 +139,10 @@ def _csv_row_problem(row: list[str], header: list[str], start: int, end: int) ->
             return (
                 f"not valid UTF-8 (byte 0x{byte:02x} in column {column!r}); save the file as UTF-8"
             )
+        # Decoded UTF-8 holds no other surrogates; NUL characters and length remain.
+        problem = text_problem(cell, column, limits)
+        if problem is not None:
+            return problem
     if len(row) != len(header):
         spans = (
             f" (the row runs from line {start} to {end}: an unclosed quote?)" if end > start else ""

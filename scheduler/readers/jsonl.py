@@ -1,21 +1,34 @@
-"""JSON Lines: one object per line, each line decoded and parsed on its own."""
+"""JSON Lines: one object per line, each line decoded and parsed on its own.
+
+A line is read into memory only up to `max_record_bytes`; a longer one is skipped in
+small chunks (its size is still reported), so memory never depends on the line.
+"""
 
 from __future__ import annotations
 
 import codecs
 import json
-from typing import IO
+from typing import IO, Any
 
 from genqueue.scheduler.errors import InputFormatError, LineProblem
-from genqueue.scheduler.readers.source import Records
+from genqueue.scheduler.readers.checks import load_json, record_problem, record_too_large
+from genqueue.scheduler.readers.source import READ_CHUNK, Records
+from genqueue.settings import InputLimits
 
 
-def jsonl_records(stream: IO[bytes], name: str) -> Records:
-    # Binary lines, decoded one by one: a bad byte spoils only its own line, there is no
-    # line-length limit, and only "\n" ends a line (U+2028 inside a string does not).
+def jsonl_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
+    # Binary lines, decoded one by one: a bad byte spoils only its own line, and only
+    # "\n" ends a line (U+2028 inside a string does not).
     line = 0
-    for raw in stream:
+    while True:
+        raw = stream.readline(limits.max_record_bytes + 1)
+        if not raw:
+            return
         line += 1
+        if len(raw) > limits.max_record_bytes and not raw.endswith(b"\n"):
+            size = len(raw) + _skip_line(stream)
+            yield line, LineProblem(line, record_too_large(size, limits))
+            continue
         if line == 1:
             if raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
@@ -23,31 +36,49 @@ def jsonl_records(stream: IO[bytes], name: str) -> Records:
                 raise InputFormatError(f"{name} is UTF-16 text; save it as UTF-8")
         last = not raw.endswith(b"\n")  # only the final line can lack its newline
         body = raw.rstrip(b"\r\n")
+        del raw
         if not body.strip():
             continue
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            column = len(body[: exc.start].decode("utf-8", errors="replace")) + 1
-            yield (
-                line,
-                LineProblem(
-                    line,
-                    f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {column}); "
-                    "save the file as UTF-8",
-                ),
-            )
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield line, LineProblem(line, _json_problem(text, exc, last))
-            continue
-        if not isinstance(value, dict):
-            got = "array" if isinstance(value, list) else type(value).__name__
-            yield line, LineProblem(line, f"expected a JSON object on each line, got {got}")
-            continue
-        yield line, value
+        yield line, _parse_line(body, line, last, limits)
+
+
+def _skip_line(stream: IO[bytes]) -> int:
+    """Read past the rest of an over-long line, a chunk at a time; returns its bytes."""
+    skipped = 0
+    while True:
+        chunk = stream.readline(READ_CHUNK)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+def _parse_line(body: bytes, line: int, last: bool, limits: InputLimits) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = len(body[: exc.start].decode("utf-8", errors="replace")) + 1
+        return LineProblem(
+            line,
+            f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {column}); "
+            "save the file as UTF-8",
+        )
+    # Only a \\u escape can put a NUL or a lone surrogate in a JSON string (raw control
+    # characters are invalid JSON), so lines without one skip those checks.
+    escapes = b"\\u" in body
+    del body
+    try:
+        value = load_json(text, limits)
+    except json.JSONDecodeError as exc:
+        return LineProblem(line, _json_problem(text, exc, last))
+    except ValueError as exc:
+        return LineProblem(line, f"invalid JSON: {exc}")
+    if not isinstance(value, dict):
+        got = "array" if isinstance(value, list) else type(value).__name__
+        return LineProblem(line, f"expected a JSON object on each line, got {got}")
+    problem = record_problem(value, limits, text_checks=escapes)
+    if problem is not None:
+        return LineProblem(line, problem)
+    return value
 
 
 def _json_problem(text: str, exc: json.JSONDecodeError, last: bool) -> str:

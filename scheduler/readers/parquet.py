@@ -8,14 +8,24 @@ import shutil
 import tempfile
 from typing import Any
 
-from genqueue.scheduler.errors import InputFormatError
-from genqueue.scheduler.readers.source import Record, Records, Source, open_binary, source_name
+from genqueue.scheduler.errors import InputFormatError, LineProblem
+from genqueue.scheduler.readers.checks import record_problem, record_too_large
+from genqueue.scheduler.readers.source import (
+    READ_CHUNK,
+    InputTooLarge,
+    Record,
+    Records,
+    Source,
+    open_binary,
+    source_name,
+)
+from genqueue.settings import InputLimits
 
 #: Rows per Parquet batch: bounds memory while keeping pyarrow's per-batch cost small.
 PARQUET_BATCH_ROWS = 1024
 
 
-def parquet_records(source: Source) -> Records:
+def parquet_records(source: Source, limits: InputLimits) -> Records:
     # Imported here: pyarrow.parquet is heavy and only Parquet input needs it.
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -24,29 +34,94 @@ def parquet_records(source: Source) -> Records:
     with contextlib.ExitStack() as stack:
         target: Any = source
         if not isinstance(source, str | os.PathLike) or os.fspath(source) == "-":
-            stream = stack.enter_context(open_binary(source))
+            stream = stack.enter_context(open_binary(source, limits.max_input_bytes))
             if not stream.seekable():
                 # Parquet's footer is at the end: spool stdin to disk, not to memory.
                 spool = stack.enter_context(tempfile.TemporaryFile())
-                shutil.copyfileobj(stream, spool)
+                try:
+                    shutil.copyfileobj(stream, spool, READ_CHUNK)
+                except InputTooLarge as exc:
+                    raise InputFormatError(f"{name}: {exc}") from None
                 spool.seek(0)
                 stream = spool
             target = stream
+        elif os.path.getsize(source) > limits.max_input_bytes:
+            raise InputFormatError(f"{name}: {InputTooLarge(limits.max_input_bytes)}")
         try:
             parquet = pq.ParquetFile(target)
-        except (pa.ArrowException, OSError) as exc:
+            stack.callback(parquet.close)
+            big = _big_row_group(parquet.metadata, limits)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            # UnicodeDecodeError (a ValueError): column names that are not UTF-8.
             raise InputFormatError(f"{name} is not a readable Parquet file: {exc}") from exc
-        stack.callback(parquet.close)
+        if big is not None:
+            yield big[0], LineProblem(big[0], big[1], fatal=True)
+            return
         row = 0
         try:
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                for values in batch.to_pylist():
+                for values in _rows(batch):
                     row += 1
-                    yield row, _parquet_record(values)
+                    if values is None:
+                        yield row, LineProblem(row, _NOT_UTF8)
+                        continue
+                    record = _parquet_record(values)
+                    size = sum(len(v) for v in record.values() if isinstance(v, str | bytes))
+                    problem = (
+                        record_too_large(size, limits, what="the row")
+                        if size > limits.max_record_bytes
+                        else record_problem(record, limits)
+                    )
+                    yield row, record if problem is None else LineProblem(row, problem)
         except (pa.ArrowException, OSError) as exc:
             raise InputFormatError(
                 f"{name}: cannot read Parquet data after row {row}: {exc}"
             ) from exc
+
+
+#: Parquet does not check that string columns hold UTF-8; pyarrow fails converting them.
+_NOT_UTF8 = (
+    "a string column holds bytes that are not valid UTF-8; write the text as UTF-8 "
+    "(or the column as binary)"
+)
+
+
+def _rows(batch: Any) -> list[dict[str, Any] | None]:
+    """A batch's rows as dicts; a row whose text is not UTF-8 is None (found row by row
+    only when the whole batch fails)."""
+    try:
+        rows: list[dict[str, Any] | None] = batch.to_pylist()
+        return rows
+    except UnicodeDecodeError:
+        pass
+    out: list[dict[str, Any] | None] = []
+    for i in range(batch.num_rows):
+        try:
+            out.append(batch.slice(i, 1).to_pylist()[0])
+        except UnicodeDecodeError:
+            out.append(None)
+    return out
+
+
+def _big_row_group(metadata: Any, limits: InputLimits) -> tuple[int, str] | None:
+    """The first row group too large to read at once (pyarrow loads a row group's
+    columns whole), from the file's metadata: (its first row, the problem)."""
+    first = 1
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        rows = group.num_rows
+        size = group.total_byte_size
+        if size > limits.max_row_group_bytes:
+            return first, (
+                f"row group {index + 1} (rows {first}-{first + rows - 1}) is {size:,} bytes "
+                f"uncompressed; at most {limits.max_row_group_bytes:,} are allowed "
+                "(GENQUEUE_MAX_ROW_GROUP_BYTES); write the file with smaller row groups "
+                "(pyarrow: pq.write_table(..., row_group_size=N))"
+            )
+        if rows == 1 and size > limits.max_record_bytes:
+            return first, f"row {first}: " + record_too_large(size, limits, what="the row")
+        first += rows
+    return None
 
 
 def _parquet_record(values: dict[str, Any]) -> Record:

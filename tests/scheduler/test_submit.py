@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -249,3 +251,41 @@ def test_chat_needs_a_chat_template(store: Store, tmp_path: Path, tiny_gpt2_dir:
     assert job.job.chat_template == own and job.to_dict()["chat"] is True
     with pytest.raises(SpecError, match="--chat does not apply"):
         submit_job(store, None, write(tmp_path, [openai_line("a", "m")]), JobSpec(chat=True))
+
+
+def test_prompts_that_cannot_fit_fail_at_submission(
+    store: Store, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    """On both databases: an item whose prompt certainly exceeds the context gets its
+    result at submission, in a task that is already done; the rest are planned as
+    usual; and a job whose every item failed so is finished at once."""
+    huge = "word " * 200_000  # 1,000,000 characters against a 512-token context
+    src = write(tmp_path, [{"prompt": "short"}, {"prompt": huge}, {"prompt": "also short"}])
+    spec = JobSpec(model=str(tiny_gpt2_dir))
+    job_id = submit_job(store, None, src, spec).job_id
+    view = status.view_job(store, job_id)
+    assert view.job.state == "queued"
+    assert (view.counts.failed, view.counts.succeeded, view.counts.total) == (1, 0, 3)
+    [failed] = [r for r in results_of(store, job_id)]
+    assert (failed.idx, failed.status, failed.error_code) == (1, "failed", "prompt_too_long")
+    with store.read() as s:
+        tasks = s.scalars(select(Task).where(Task.job_id == job_id)).all()
+        owners = {i.idx: i.task_id for i in s.scalars(select(Item).where(Item.job_id == job_id))}
+    done = [t for t in tasks if t.state == "done"]
+    assert len(done) == 1 and done[0].n_failed == 1 and owners[1] == done[0].id
+    assert all(owners[i] != done[0].id for i in (0, 2))
+
+    # With --truncate the worker cuts it instead: nothing fails at submission.
+    kept = submit_job(store, None, src, replace(spec, truncate=True)).job_id
+    assert status.view_job(store, kept).counts.failed == 0
+
+    only = write(tmp_path, [{"prompt": huge}])
+    alone = submit_job(store, None, only, spec).job_id
+    assert status.view_job(store, alone).job.state == "failed"
+
+
+def results_of(store: Store, job_id: str) -> list[Any]:
+    from genqueue.storage.models import Result
+
+    with store.read() as s:
+        return list(s.scalars(select(Result).where(Result.job_id == job_id)))

@@ -12,6 +12,7 @@ from genqueue.params import GenerationParams
 from genqueue.worker.batching import BatchPolicy, generate_all
 from genqueue.worker.engines import GenRequest, GenResult, ModelInfo, OutOfMemory
 from genqueue.worker.engines.base import Engine
+from genqueue.worker.engines.hf import HFEngine
 
 PROMPTS = [
     "A",
@@ -266,3 +267,82 @@ def test_should_stop_is_checked_between_micro_batches() -> None:
         done.extend(batch)
     assert len(done) == 3
     assert engine.batches == [[0, 5, 9]]  # the three shortest; nothing ran after the stop
+
+
+@dataclass
+class Recording:
+    """A real engine that records how many characters each tokenised prompt had."""
+
+    inner: HFEngine
+    tokenized: list[int] = field(default_factory=list)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.inner.info
+
+    @property
+    def max_token_chars(self) -> int | None:
+        return self.inner.max_token_chars
+
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        self.tokenized.extend(len(r.prompt) for r in requests)
+        return self.inner.tokenize(requests)
+
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        self.tokenized.append(len(request.prompt))
+        return self.inner.fit(request, max_tokens)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        return self.inner.generate(requests)
+
+    def close(self) -> None:
+        pass
+
+
+def test_huge_prompts_are_bounded_before_tokenising(gpt2: HFEngine) -> None:
+    """A stored 3,000,000-character prompt (an older version, a raised limit) fails
+    alone, judged by a prefix of (context + 1) x the longest token's characters; with
+    --truncate it is cut by characters first. Nothing tokenises megabytes."""
+    huge = "the weather changes quickly in the mountains " * 66_667
+    assert len(huge) > 3_000_000
+    cap = (512 + 1) * (gpt2.max_token_chars or 0)
+    assert 0 < cap < 20_000
+    params = GenerationParams(max_new_tokens=4)
+    reqs = [GenRequest(0, "A", params), GenRequest(1, huge, params)]
+    engine = Recording(gpt2)
+    results = run(engine, reqs, BatchPolicy())
+    error = results[1].error
+    assert error is not None and error.code == "prompt_too_long"
+    assert error.message.startswith("prompt has more than ")
+    assert results[0].error is None
+    assert max(engine.tokenized) <= cap
+
+    engine.tokenized.clear()
+    cut = run(engine, reqs, BatchPolicy(truncate=True))
+    assert cut[1].error is None and cut[1].truncated and cut[1].prompt_tokens <= 512 - 4
+    assert max(engine.tokenized) <= cap
+
+    # Past the prompt limit nothing is tokenised at all.
+    engine.tokenized.clear()
+    limited = run(engine, reqs, BatchPolicy(max_prompt_chars=1000))
+    error = limited[1].error
+    assert error is not None and error.code == "prompt_too_long"
+    assert "(GENQUEUE_MAX_PROMPT_CHARS)" in error.message
+    assert engine.tokenized == [1]
+
+
+def test_huge_prompt_for_a_model_without_a_context_length(t5: HFEngine) -> None:
+    """T5 declares no context: the prompt limit alone bounds it; truncate keeps the
+    start (the task prefix) of a seq2seq prompt."""
+    assert t5.info.max_context is None
+    params = GenerationParams(max_new_tokens=2)
+    prompt = "summarize: " + "word " * 1000
+    engine = Recording(t5)
+    failed = run(engine, [GenRequest(0, prompt, params)], BatchPolicy(max_prompt_chars=2000))
+    assert failed[0].error is not None and failed[0].error.code == "prompt_too_long"
+    assert engine.tokenized == []
+    cut = run(
+        engine, [GenRequest(0, prompt, params)], BatchPolicy(max_prompt_chars=2000, truncate=True)
+    )
+    assert cut[0].error is None and cut[0].truncated
+    assert engine.tokenized == [2000]

@@ -104,6 +104,11 @@ class HFEngine:
         return self.model.generate(**kwargs)
 
     # -- Engine protocol -------------------------------------------------------------------
+    @property
+    def max_token_chars(self) -> int | None:
+        """Characters one token stands for at most (see batching._bound)."""
+        return self.prompts.max_token_chars
+
     def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
         """See Engine.tokenize (prompts.py)."""
         return self.prompts.tokenize(requests)

@@ -15,6 +15,19 @@ class PromptCodec:
     def __init__(self, tokenizer: Any, *, encoder_decoder: bool) -> None:
         self.tokenizer = tokenizer
         self.encoder_decoder = encoder_decoder
+        self._max_token_chars: int | None = None
+
+    @property
+    def max_token_chars(self) -> int | None:
+        """Characters the longest vocabulary entry (special tokens included) stands for
+        at most: no token covers more of a prompt. None when the vocabulary is unknown."""
+        if self._max_token_chars is None:
+            try:
+                vocab = self.tokenizer.get_vocab()
+                self._max_token_chars = max((len(str(t)) for t in vocab), default=0)
+            except Exception:
+                self._max_token_chars = 0
+        return self._max_token_chars or None
 
     def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
         """Token ids as the model reads them: plain prompts with the tokenizer's special

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from genqueue.scheduler.errors import InputFormatError
 from genqueue.scheduler.inputs import ParsedItem
+from genqueue.settings import InputLimits, MiB
 from tests.scheduler.inputs_helpers import (
     SUMMARIZE,
     good,
@@ -97,10 +99,18 @@ def test_jsonl_unicode_line_separators_inside_strings(tmp_path: Path) -> None:
     assert good(items(write(tmp_path, "in.jsonl", data)))[0].prompt == text
 
 
-def test_jsonl_ten_megabyte_record(tmp_path: Path) -> None:
+def test_jsonl_ten_megabyte_record_under_raised_limits(tmp_path: Path) -> None:
     text = "word " * 2_100_000
     path = write(tmp_path, "big.jsonl", jsonl({"text": text}, {"text": "small"}))
     assert path.stat().st_size > 10_000_000
-    result = items(path, SUMMARIZE)
+    # Over the default limit (8 MiB a line): a problem with its size, the next line read.
+    assert problems(items(path, SUMMARIZE)) == {
+        1: "line is 10,500,013 bytes; at most 8,388,608 are allowed "
+        "(GENQUEUE_MAX_RECORD_BYTES); it was not read into memory"
+    }
+    raised = InputLimits(
+        max_record_bytes=16 * MiB, max_field_chars=11_000_000, max_prompt_chars=11_000_000
+    )
+    result = items(path, replace(SUMMARIZE, limits=raised))
     assert [r.line for r in good(result)] == [1, 2]
     assert good(result)[0].prompt == "summarize: " + text

@@ -89,3 +89,27 @@ def test_not_a_parquet_file(tmp_path: Path) -> None:
     path = write(tmp_path, "in.parquet", jsonl({"prompt": "not parquet"}))
     with pytest.raises(InputFormatError, match="is not a readable Parquet file"):
         items(path)
+
+
+def test_parquet_text_that_is_not_utf8_is_a_problem_of_its_row(tmp_path: Path) -> None:
+    """Parquet does not validate string columns (found by the fuzz test): such a row is a
+    problem with its row number, and the other rows are read."""
+    text = pa.array([b"fine", b"\xfbbad", b"also fine"], type=pa.binary()).view(pa.string())
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": text}), path)
+    result = items(path)
+    assert [r.prompt for r in good(result)] == ["fine", "also fine"]
+    assert problems(result) == {
+        2: "a string column holds bytes that are not valid UTF-8; write the text as UTF-8 "
+        "(or the column as binary)"
+    }
+
+
+def test_parquet_column_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Found by the fuzz test: pyarrow fails decoding such a schema; the file is refused
+    as unreadable, with its name."""
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"prompt": ["a"]}), sink)
+    path = write(tmp_path, "names.parquet", sink.getvalue().replace(b"prompt", b"pr\xeempt"))
+    with pytest.raises(InputFormatError, match=r"names\.parquet is not a readable Parquet file"):
+        items(path)
