@@ -123,6 +123,7 @@ def _spec(ctx: ApiContext, caller: Caller, body: JobCreate, key: str | None) -> 
         system=body.system,
         tenant=caller.tenant,
         offered=offered(ctx),
+        limits=ctx.settings.input_limits(),
     )
 
 

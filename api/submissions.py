@@ -66,6 +66,7 @@ def submit_batch_file(
         metadata=metadata,
         task_tokens=ctx.settings.task_tokens,
         chunk_size=ctx.settings.chunk_size,
+        limits=ctx.settings.input_limits(),
     )
     try:
         submitted = submit_job(
