@@ -27,6 +27,7 @@ import common
 import overhead
 import scale
 import scaling
+import structured
 import throughput
 
 RESULTS = common.BENCH_DIR / "RESULTS.md"
@@ -41,12 +42,14 @@ def plan(quick: bool) -> dict[str, Callable[[], common.Report]]:
             "overhead": lambda: overhead.run(10_000, (None, 64), celery_messages=1000),
             "scale": lambda: scale.run(100_000),
             "scaling": lambda: scaling.run(128),
+            "structured": lambda: structured.run(64, 16),
         }
     return {
         "throughput": lambda: throughput.run(256, 64),
         "overhead": lambda: overhead.run(100_000, (None, 64, 512)),
         "scale": lambda: scale.run(1_000_000),
         "scaling": lambda: scaling.run(512),
+        "structured": lambda: structured.run(256, 32),
     }
 
 

@@ -44,7 +44,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")
 
 def settings(database_url: str | None = None, broker_url: str | None = None) -> Settings:
     """The environment's settings, with the URLs given as flags."""
-    s = Settings()
+    s = Settings.from_env()
     return s.model_copy(
         update={
             "database_url": database_url or s.database_url,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from genqueue import formats
+from genqueue import formats, postprocess
 from genqueue.cli.errors import OptionError
 from genqueue.cli.options import OptionGroup, Param
 from genqueue.durations import parse_duration
@@ -136,8 +136,21 @@ def _generation_params() -> tuple[Param, ...]:
         ann: Any
         if name == "do_sample":
             decl, ann = "--do-sample/--greedy", bool | None
-        elif name == "stop":
-            decl, ann = "--stop", list[str] | None
+        elif name in ("stop", "choices"):
+            decl, ann = ("--stop" if name == "stop" else "--choice"), list[str] | None
+        elif name == "json_schema":
+            decl, ann = "--json-schema", str | None
+            help_text = "The output is JSON valid against this schema: a file, or inline JSON"
+        elif name == "postprocess":
+            decl, ann = "--postprocess", str | None
+            steps = "; ".join(
+                f"{s.name}{':N' if s.takes_number else ''}: {s.help}"
+                for s in postprocess.STEPS.values()
+            )
+            help_text = f"Post-processing steps, comma-separated ({steps})"
+        elif info.annotation is bool:
+            flag = "--" + name.replace("_", "-")
+            decl, ann = f"{flag}/--no-{flag[2:]}", bool | None
         else:
             decl, ann = "--" + name.replace("_", "-"), info.annotation
             ann = ann | None
@@ -160,7 +173,7 @@ class JobOptions:
         for name in GenerationParams.model_fields:
             value = self.values.get(name)
             if value is not None and value != []:
-                out[name] = value
+                out[name] = _json_schema(value) if name == "json_schema" else value
         return out
 
     def submit_kwargs(self) -> dict[str, Any]:
@@ -197,6 +210,19 @@ def _read_template(path: Path | None) -> str | None:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"--chat-template: cannot read {path}: {exc}") from exc
+
+
+def _json_schema(value: str) -> dict[str, Any]:
+    """--json-schema: inline JSON (starts with `{`) or a file holding it."""
+    if value.lstrip().startswith("{"):
+        return _json_object("--json-schema", value)
+    try:
+        text = Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError(
+            f"--json-schema: cannot read {value}: {exc} (give a file or inline JSON)"
+        ) from exc
+    return _json_object(f"--json-schema {value}", text)
 
 
 def _json_object(flag: str, text: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class Client:
         from genqueue.security import check_settings
         from genqueue.storage.db import open_store
 
-        base = settings or Settings()
+        base = settings or Settings.from_env()
         self.settings = base.model_copy(
             update={
                 "database_url": database_url or base.database_url,

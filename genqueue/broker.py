@@ -7,6 +7,7 @@ timeout is a far backstop.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -15,6 +16,13 @@ from celery import Celery
 #: Redis list priorities: kombu pops list 0 first. Users say 0..9 with 9 the most urgent.
 PRIORITY_STEPS = list(range(10))
 PRIORITY_SEP = ":"
+
+#: TCP keepalive for broker connections: probe after 5 s idle, every 2 s, 3 times.
+KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
 
 
 def celery_config(broker_url: str) -> dict[str, Any]:
@@ -31,6 +39,11 @@ def celery_config(broker_url: str) -> dict[str, Any]:
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,
             "health_check_interval": 10,
+            # A connection whose network went away (a pulled cable answers nothing) is
+            # found dead within about 11 s instead of the kernel's two hours, so the
+            # consumer reconnects (with backoff) as soon as the network is back.
+            "socket_keepalive": True,
+            "socket_keepalive_options": KEEPALIVE,
         },
         "task_serializer": "json",
         "result_serializer": "json",
@@ -78,6 +91,8 @@ def redis_client(broker_url: str) -> Any:
         broker_url.replace("rediss+", "").replace("redis+", ""),
         socket_timeout=10,
         socket_connect_timeout=5,
+        socket_keepalive=True,
+        socket_keepalive_options=KEEPALIVE,
     )
 
 

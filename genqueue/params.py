@@ -8,6 +8,7 @@ allowed range, so a user can fix the input without reading code.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Self
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -21,8 +22,15 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from genqueue import postprocess
+from genqueue.grammar import CONSTRAINT_FIELDS, GrammarError, grammar_for
+
 #: Hard ceiling for max_new_tokens when the model's own limit is unknown at submission.
 MAX_NEW_TOKENS_CEILING = 32768
+#: The largest JSON schema accepted (as JSON text): compiling it is submission work.
+MAX_SCHEMA_CHARS = 65536
+#: Params that may differ between the rows of one generate call.
+PER_ROW_FIELDS = frozenset({"seed", *CONSTRAINT_FIELDS, "score_choices", "postprocess"})
 
 
 class GenerationParams(BaseModel):
@@ -55,6 +63,42 @@ class GenerationParams(BaseModel):
         description="Seed for sampling; each item's output is reproducible",
     )
     stop: tuple[str, ...] = Field((), max_length=16, description="Stop string (repeatable)")
+    min_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="Sampling: drop tokens below min_p x the top one's"
+    )
+    typical_p: float = Field(1.0, gt=0.0, le=1.0, description="Locally typical sampling")
+    length_penalty: float = Field(
+        1.0, ge=-10.0, le=10.0, description="Beam search: > 0 favours longer outputs"
+    )
+    early_stopping: bool = Field(
+        False, description="Beam search: stop once num_beams candidates are finished"
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="OpenAI's: minus this once a token has appeared"
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="OpenAI's: minus this times a token's count so far"
+    )
+    choices: tuple[str, ...] = Field(
+        (), max_length=1024, description="The output is exactly one of these labels"
+    )
+    regex: str | None = Field(
+        None, max_length=4096, description="The output fully matches this pattern"
+    )
+    json_schema: dict[str, Any] | None = Field(
+        None, description="The output is JSON valid against this schema (file or inline JSON)"
+    )
+    json_object: bool = Field(False, description="The output is a JSON object")
+    logprobs: bool = Field(False, description="Return each output token's log-probability")
+    top_logprobs: int = Field(
+        0, ge=0, le=20, description="With --logprobs: this many most likely alternatives"
+    )
+    score_choices: bool = Field(
+        False, description="With --choice: every label's log-probability given the prompt"
+    )
+    postprocess: tuple[str, ...] = Field(
+        (), max_length=16, description="Post-processing steps, comma-separated"
+    )
 
     @field_validator(
         "max_new_tokens",
@@ -67,6 +111,12 @@ class GenerationParams(BaseModel):
         "repetition_penalty",
         "no_repeat_ngram_size",
         "seed",
+        "min_p",
+        "typical_p",
+        "length_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_logprobs",
         mode="before",
     )
     @classmethod
@@ -76,6 +126,19 @@ class GenerationParams(BaseModel):
         if isinstance(value, bool):
             raise ValueError("expected a number, got a boolean")
         return value
+
+    @field_validator("postprocess", mode="before")
+    @classmethod
+    def _steps_list(cls, value: Any) -> Any:
+        # "trim,sentences:2" (the CLI's form) or a list of step names.
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("postprocess")
+    @classmethod
+    def _known_steps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return postprocess.check_steps(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -91,18 +154,87 @@ class GenerationParams(BaseModel):
             )
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        if self.logprobs and self.num_beams > 1:
+            raise ValueError("logprobs cannot be combined with beam search (num_beams > 1)")
+        self._check_constraint()
         return self
+
+    def _check_constraint(self) -> None:
+        """At most one constraint, compilable, and nothing that fights the grammar."""
+        given = self.constraint_fields()
+        if len(given) > 1:
+            raise ValueError(f"give one of {', '.join(given)}: an output has one constraint")
+        if any(c == "" for c in self.choices):
+            raise ValueError("choices must be non-empty labels")
+        if len(set(self.choices)) != len(self.choices):
+            raise ValueError("choices has a label twice")
+        if self.score_choices and not self.choices:
+            raise ValueError("score_choices needs choices (the labels to score)")
+        if self.json_schema is not None:
+            size = len(json.dumps(self.json_schema))
+            if size > MAX_SCHEMA_CHARS:
+                raise ValueError(
+                    f"json_schema is {size} characters as JSON; at most {MAX_SCHEMA_CHARS}"
+                )
+        if not given:
+            return
+        name = given[0]
+        if self.num_beams > 1:
+            raise ValueError(f"{name} cannot be combined with beam search (num_beams > 1)")
+        if self.min_new_tokens:
+            raise ValueError(
+                f"{name} cannot be combined with min_new_tokens: the constraint "
+                "decides where the output ends"
+            )
+        if self.stop:
+            raise ValueError(
+                f"{name} cannot be combined with stop strings: the constraint "
+                "decides where the output ends"
+            )
+        try:
+            self.grammar()
+        except GrammarError as exc:
+            raise ValueError(str(exc)) from None
+
+    def constraint_fields(self) -> list[str]:
+        """The structured-output fields set (at most one in valid params)."""
+        return [name for name in CONSTRAINT_FIELDS if getattr(self, name) not in (None, (), False)]
+
+    def grammar(self) -> str | None:
+        """The grammar text of this output's constraint (genqueue.grammar), None without."""
+        return grammar_for(
+            choices=self.choices,
+            regex=self.regex,
+            json_schema=self.json_schema,
+            json_object=self.json_object,
+        )
+
+    @property
+    def wants_json(self) -> bool:
+        """Whether outputs are JSON, parsed into the result line's `parsed`."""
+        return self.json_schema is not None or self.json_object
 
     def merged(self, overrides: dict[str, Any] | None) -> GenerationParams:
         """These params with an item's overrides applied (validated again)."""
         if not overrides:
             return self
-        return GenerationParams.model_validate({**self.model_dump(), **overrides})
+        base = self.model_dump()
+        if any(overrides.get(n) not in (None, (), [], False) for n in CONSTRAINT_FIELDS):
+            # An item's constraint replaces the job's (one constraint per output), and
+            # label scoring goes with the job's labels unless the item brings its own.
+            for name in CONSTRAINT_FIELDS:
+                base[name] = GenerationParams.model_fields[name].default
+            if not overrides.get("choices"):
+                base["score_choices"] = False
+        return GenerationParams.model_validate({**base, **overrides})
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Items whose params share this key can be generated in one batch (the seed is
-        per item, so it is not part of the key)."""
-        return tuple(v for k, v in self.model_dump().items() if k != "seed")
+        """Items whose params share this key can be generated in one batch: the seed,
+        the constraint (each row has its own grammar matcher), label scoring and
+        post-processing are per item, so they are not part of the key."""
+        return tuple(v for k, v in self.model_dump().items() if k not in PER_ROW_FIELDS)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -8,6 +8,7 @@ with `ResultLine.from_stored` from its flat result columns.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,6 +35,35 @@ class LineError(BaseModel):
     message: str
 
 
+class TopLogprob(BaseModel):
+    """An alternative token at one position (OpenAI's `top_logprobs[j]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(BaseModel):
+    """One generated token (OpenAI's `logprobs.content[i]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class Logprobs(BaseModel):
+    """The log-probabilities of one output, in OpenAI's shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    content: list[TokenLogprob]
+
+
 class ResultLine(BaseModel):
     """One line of results per input record, in input order."""
 
@@ -50,6 +80,19 @@ class ResultLine(BaseModel):
     error: LineError | None
     #: Present (and true) only when the prompt was cut to fit the model's context.
     truncated: bool = False
+    #: The generation before post-processing (present with `postprocess`).
+    raw_output: str | None = None
+    #: Every raw output; present only with post-processing and several outputs.
+    raw_outputs: list[str] | None = None
+    #: The output parsed as JSON (json_schema / json_object, complete outputs only).
+    parsed: Any = None
+    #: Present (and true) only when a constrained output was cut by max_new_tokens
+    #: before its grammar was complete: it does not satisfy the constraint.
+    incomplete: bool = False
+    #: The first output's token log-probabilities (with `logprobs`).
+    logprobs: Logprobs | None = None
+    #: Every label's total log-probability given the prompt (with `score_choices`).
+    choice_scores: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -60,6 +103,8 @@ class ResultLine(BaseModel):
             raise ValueError(f"a {self.status} line has an error")
         if self.outputs is not None and (not self.outputs or self.output != self.outputs[0]):
             raise ValueError("output must be the first of outputs")
+        if self.incomplete and self.parsed is not None:
+            raise ValueError("an incomplete output has no parsed value")
         return self
 
     @classmethod
@@ -77,6 +122,12 @@ class ResultLine(BaseModel):
         error_code: str | None,
         error_message: str | None,
         truncated: bool | None,
+        raw_output: str | None = None,
+        raw_outputs: list[str] | None = None,
+        parsed: Any = None,
+        incomplete: bool | None = None,
+        logprobs: list[Any] | None = None,
+        choice_scores: dict[str, float] | None = None,
     ) -> ResultLine:
         """The line for a stored result (columns as in the `results` table; no row yet:
         status None, reported `pending`)."""
@@ -101,12 +152,18 @@ class ResultLine(BaseModel):
                     {"code": error_code, "message": error_message or ""} if error_code else None
                 ),
                 "truncated": bool(truncated),
+                "raw_output": raw_outputs[0] if raw_outputs else raw_output,
+                "raw_outputs": raw_outputs,
+                "parsed": parsed,
+                "incomplete": bool(incomplete),
+                "logprobs": logprobs[0] if logprobs else None,
+                "choice_scores": choice_scores,
             }
         )
 
     def to_json(self) -> str:
-        """The JSONL line (without its newline): `outputs` and `truncated` appear only
-        when they say something."""
+        """The JSONL line (without its newline): `outputs`, `truncated` and the fields
+        of optional features appear only when they say something."""
         return self.model_dump_json(exclude_defaults=True)
 
     def to_record(self) -> dict[str, Any]:
@@ -127,7 +184,17 @@ class ResultLine(BaseModel):
             "error_code": self.error.code if self.error else None,
             "error_message": self.error.message if self.error else None,
             "truncated": self.truncated,
+            "raw_output": self.raw_output,
+            "parsed": _json_text(self.parsed),
+            "incomplete": self.incomplete,
+            "logprobs": _json_text(self.logprobs.model_dump() if self.logprobs else None),
+            "choice_scores": _json_text(self.choice_scores),
         }
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON value as JSON text in a flat row (None stays empty)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 #: Flat rows' columns and their value types ("list" is a list of strings: a JSON array
@@ -144,4 +211,9 @@ FLAT_COLUMNS: tuple[tuple[str, Literal["string", "int", "bool", "list"]], ...] =
     ("error_code", "string"),
     ("error_message", "string"),
     ("truncated", "bool"),
+    ("raw_output", "string"),
+    ("parsed", "string"),  # JSON text
+    ("incomplete", "bool"),
+    ("logprobs", "string"),  # JSON text: {"content": [...]}
+    ("choice_scores", "string"),  # JSON text: {label: logprob}
 )

@@ -11,9 +11,15 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genqueue.errors import GenqueueError
+
 ENV_PREFIX = "GENQUEUE_"
 
 MiB = 1024 * 1024
+
+
+class SettingsError(GenqueueError):
+    """Raised when a GENQUEUE_* variable holds a value that is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,22 @@ class Settings(BaseSettings):
     api_max_live_jobs: int = Field(1000, ge=1)
     #: Where uploaded files are kept (default: `files/` in GENQUEUE_HOME).
     files_dir: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The environment's settings; a bad value raises SettingsError naming its
+        variable and what is allowed."""
+        from pydantic import ValidationError
+
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = [
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                + (f" (got {err['input']!r})" if "input" in err else "")
+                for err in exc.errors()
+            ]
+            raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
     def input_limits(self) -> InputLimits:
         return InputLimits(**{f.name: getattr(self, f.name) for f in fields(InputLimits)})

@@ -159,6 +159,7 @@ def iter_openai(store: Store, job_or_batch: str) -> Iterator[dict[str, Any]]:
             origin,
             created=stored.created_at,
             finish_reasons=stored.finish_reasons,
+            logprobs=stored.logprobs,
         )
 
 

@@ -358,12 +358,10 @@ def _format_value(piece: _Piece, value: Any, room: int) -> str:
             f"template field {{{piece.name}}} must be text or a number, "
             f"got {type_name(value)} ({_short(value)})"
         )
-    if piece.conversion in ("r", "a") and isinstance(value, str) and len(value) * 10 > room:
-        # repr() and ascii() may write a character as up to 10 ("\\U0001f600").
+    if piece.conversion in ("r", "a") and isinstance(value, str) and len(value) > room:
         raise RecordError(
-            f"template field {{{piece.name}}} is {len(value):,} characters, too long to "
-            f"write with !{piece.conversion} within the prompt limit "
-            f"({room:,} characters left; GENQUEUE_MAX_PROMPT_CHARS)"
+            f"template field {{{piece.name}}} is {len(value):,} characters, more than the "
+            f"prompt limit leaves ({room:,} characters; GENQUEUE_MAX_PROMPT_CHARS)"
         )
     if piece.conversion == "r":
         value = repr(value)
@@ -373,7 +371,7 @@ def _format_value(piece: _Piece, value: Any, room: int) -> str:
         value = str(value)
     try:
         return format(value, piece.format_spec)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. 10**400 with :.2f
         raise RecordError(
             f"template field {{{piece.name}}} ({type_name(value)} {_short(value)}) cannot "
             f"be formatted with ':{piece.format_spec}': {exc}"

@@ -176,15 +176,13 @@ class Loader:
 
 
 def _rejection(target: Loading, item: ParsedItem) -> tuple[str, str] | None:
-    """(code, message) when the item's prompt certainly cannot fit its model."""
-    if target.fit is None:
+    """(code, message) when the item's prompt certainly cannot fit its model. Only plain
+    prompts: a chat template may drop parts of a conversation (earlier reasoning, old
+    turns), and --truncate drops old turns, so conversations are left to the worker."""
+    if target.fit is None or item.messages is not None:
         return None
     new_tokens = target.sizing.new_tokens
     if item.params and "max_new_tokens" in item.params:
         new_tokens = int(item.params["max_new_tokens"])
-    if item.messages is None:
-        found = target.fit.check(item.prompt, new_tokens)
-    else:  # the conversation's text; its chat template only adds tokens
-        contents = [m["content"] for m in item.messages]
-        found = target.fit.check("".join(contents), new_tokens, joins=len(contents))
+    found = target.fit.check(item.prompt, new_tokens)
     return None if found is None else (found.code, found.message)

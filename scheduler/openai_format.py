@@ -63,11 +63,26 @@ BODY_FIELDS: dict[str, BodyField] = {
     "safety_identifier": BodyField("ignored", "an end-user id"),
     "parallel_tool_calls": BodyField("ignored", "only meaningful with tools"),
     "stream_options": BodyField("ignored", "only meaningful with stream: true"),
-    "response_format": BodyField("refused", "structured outputs are not available yet"),
-    "logprobs": BodyField("refused", "log-probabilities are not available yet"),
-    "top_logprobs": BodyField("refused", "log-probabilities are not available yet"),
-    "presence_penalty": BodyField("refused", "not available yet"),
-    "frequency_penalty": BodyField("refused", "not available yet"),
+    "response_format": BodyField(
+        "honoured",
+        '{"type": "json_object"}: json_object; {"type": "json_schema", "json_schema": '
+        '{"schema": ...}}: json_schema; {"type": "text"}: no constraint',
+    ),
+    "logprobs": BodyField(
+        "honoured",
+        "chat: true/false (logprobs); completions: an integer 0-5, the number of "
+        "alternatives (logprobs with top_logprobs)",
+    ),
+    "top_logprobs": BodyField("honoured", "top_logprobs (0-20)", "/v1/chat/completions"),
+    "presence_penalty": BodyField("honoured", "presence_penalty (-2 to 2)"),
+    "frequency_penalty": BodyField("honoured", "frequency_penalty (-2 to 2)"),
+    "min_p": BodyField("honoured", "min_p (vLLM extension)"),
+    "typical_p": BodyField("honoured", "typical_p (extension)"),
+    "length_penalty": BodyField("honoured", "length_penalty (vLLM extension; beam search)"),
+    "early_stopping": BodyField("honoured", "early_stopping (extension; beam search)"),
+    "guided_choice": BodyField("honoured", "choices (vLLM extension)"),
+    "guided_regex": BodyField("honoured", "regex (vLLM extension)"),
+    "guided_json": BodyField("honoured", "json_schema (vLLM extension)"),
     "logit_bias": BodyField("refused", "not supported"),
     "tools": BodyField("refused", "tool calling is not supported"),
     "tool_choice": BodyField("refused", "tool calling is not supported"),
@@ -136,7 +151,7 @@ def parse_request(record: Mapping[str, Any], *, system: str | None = None) -> Re
         prompt = flatten(messages)
     else:
         messages, prompt = None, _prompt(_need(body, "prompt"))
-    return Request(kind, model, prompt, messages, _params(body))
+    return Request(kind, model, prompt, messages, _params(body, chat=kind == "chat"))
 
 
 def _harmless(name: str, value: Any) -> bool:
@@ -168,7 +183,7 @@ def _prompt(value: Any) -> str:
     return value
 
 
-def _params(body: Mapping[str, Any]) -> dict[str, Any]:
+def _params(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
     """Body fields as genqueue generation params (only those the line set)."""
     out: dict[str, Any] = {}
     tokens = {body[k] for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None}
@@ -197,10 +212,59 @@ def _params(body: Mapping[str, Any]) -> dict[str, Any]:
         ("seed", "seed"),
         ("min_tokens", "min_new_tokens"),
         ("repetition_penalty", "repetition_penalty"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("min_p", "min_p"),
+        ("typical_p", "typical_p"),
+        ("length_penalty", "length_penalty"),
+        ("early_stopping", "early_stopping"),
+        ("top_logprobs", "top_logprobs"),
+        ("guided_choice", "choices"),
+        ("guided_regex", "regex"),
+        ("guided_json", "json_schema"),
     ):
         if body.get(name) is not None:
             out[param] = body[name]
+    out.update(_logprobs(body.get("logprobs"), chat=chat))
+    out.update(_response_format(body.get("response_format")))
     return out
+
+
+def _logprobs(value: Any, *, chat: bool) -> dict[str, Any]:
+    """`logprobs`: a boolean on chat lines, the number of alternatives (0-5) on
+    completions lines (OpenAI's two meanings)."""
+    if value is None or value is False:
+        return {}
+    if chat:
+        if not isinstance(value, bool):
+            raise RecordError(f"body.logprobs must be true or false, got {type_name(value)}")
+        return {"logprobs": True}
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
+        raise RecordError(f"body.logprobs must be an integer from 0 to 5, got {value!r}")
+    return {"logprobs": True, "top_logprobs": value}
+
+
+def _response_format(value: Any) -> dict[str, Any]:
+    """OpenAI's response_format as genqueue's json_object / json_schema."""
+    if value is None:
+        return {}
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RecordError(
+                "body.response_format.json_schema.schema must be a JSON Schema object, e.g. "
+                '{"type": "json_schema", "json_schema": {"name": "x", "schema": {...}}}'
+            )
+        return {"json_schema": schema}
+    raise RecordError(
+        f"body.response_format.type is {kind!r}; use text, json_object or json_schema"
+    )
 
 
 # -- output lines -----------------------------------------------------------------------
@@ -225,12 +289,14 @@ def output_line(
     *,
     created: datetime | None,
     finish_reasons: list[str] | None,
+    logprobs: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI batch output (or error) line of one result line."""
+    """The OpenAI batch output (or error) line of one result line (`logprobs`: each
+    output's, as stored)."""
     key = _digest(origin.job_id, line.index)
     out: dict[str, Any] = {"id": f"batch_req_{key}", "custom_id": line.custom_id}
     if line.status == "succeeded":
-        body = _completion(line, origin, key, created, finish_reasons)
+        body = _completion(line, origin, key, created, finish_reasons, logprobs)
         out["response"] = {"status_code": 200, "request_id": f"req_{key}", "body": body}
         out["error"] = None
         return out
@@ -276,6 +342,7 @@ def _completion(
     key: str,
     created: datetime | None,
     finish_reasons: list[str] | None,
+    logprobs: list[Any] | None,
 ) -> dict[str, Any]:
     texts = line.outputs if line.outputs is not None else [line.output or ""]
     reasons = finish_reasons or [line.finish_reason or "stop"] * len(texts)
@@ -283,19 +350,28 @@ def _completion(
     prompt_tokens = usage.prompt_tokens if usage else 0
     completion_tokens = usage.completion_tokens if usage else 0
     chat = origin.kind == "chat"
-    choices = [
-        (
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-            if chat
-            else {"text": text, "index": i, "logprobs": None, "finish_reason": reason}
-        )
-        for i, (text, reason) in enumerate(zip(texts, reasons, strict=False))
-    ]
+    per_output = list(logprobs or [])
+    choices = []
+    for i, (text, reason) in enumerate(zip(texts, reasons, strict=False)):
+        lp = per_output[i] if i < len(per_output) else None
+        if chat:
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": {"content": lp["content"], "refusal": None} if lp else None,
+                    "finish_reason": reason,
+                }
+            )
+        else:
+            choices.append(
+                {
+                    "text": text,
+                    "index": i,
+                    "logprobs": _legacy_logprobs(lp) if lp else None,
+                    "finish_reason": reason,
+                }
+            )
     return {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{key}",
         "object": "chat.completion" if chat else "text_completion",
@@ -308,6 +384,23 @@ def _completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
         "system_fingerprint": None,
+    }
+
+
+def _legacy_logprobs(lp: Mapping[str, Any]) -> dict[str, Any]:
+    """A completions choice's logprobs (OpenAI's legacy shape) from the chat shape."""
+    tokens, offsets, offset = [], [], 0
+    for entry in lp["content"]:
+        tokens.append(entry["token"])
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e["logprob"] for e in lp["content"]],
+        "top_logprobs": [
+            {alt["token"]: alt["logprob"] for alt in e["top_logprobs"]} for e in lp["content"]
+        ],
+        "text_offset": offsets,
     }
 
 

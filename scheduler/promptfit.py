@@ -56,9 +56,9 @@ class PromptFit:
         context = context_length(config) if isinstance(config, dict) else None
         return cls(path, context) if context else None
 
-    def check(self, text: str, max_new_tokens: int, *, joins: int = 0) -> Rejection | None:
-        """Why `text` cannot fit with `max_new_tokens`, or None when it may. `joins`:
-        how many texts were joined into it (each join may merge two tokens into one)."""
+    def check(self, text: str, max_new_tokens: int) -> Rejection | None:
+        """Why the plain prompt `text` cannot fit with `max_new_tokens`, or None when it
+        may."""
         room = self.context - max_new_tokens
         if room <= 0 or len(text) <= (room + 1) * CHARS_PER_TOKEN:
             return None  # cheap: most prompts end here, with no tokenizer loaded
@@ -69,7 +69,7 @@ class PromptFit:
             return None
         # Joining the cut's last token with what follows it may save one token at most.
         ids = self._tokenizer.encode(text[:cap], add_special_tokens=False).ids
-        count = len(ids) - 1 - joins
+        count = len(ids) - 1
         if count <= room:
             return None  # a normaliser shrank the text: the worker counts exactly
         return Rejection(

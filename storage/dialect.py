@@ -61,7 +61,17 @@ def engine_options(name: str) -> dict[str, Any]:
         "pool_pre_ping": True,
         "pool_size": 5,
         "max_overflow": 5,
-        "connect_args": {"options": "-c plan_cache_mode=force_custom_plan"},
+        "connect_args": {
+            "options": "-c plan_cache_mode=force_custom_plan",
+            # A connection across a network that went away fails within seconds (TCP
+            # keepalive, and unacknowledged writes give up after 15 s) instead of hanging,
+            # so the pool reconnects once the network is back.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 15000,
+        },
     }
 
 
@@ -186,9 +196,15 @@ RESULT_COLUMNS = (
     ("error_message", "text"),
     ("truncated", "bool"),
     ("latency_ms", "float8"),
+    ("raw_output", "text"),
+    ("raw_outputs", "text"),  # JSON text (or NULL), like outputs
+    ("parsed", "text"),
+    ("incomplete", "bool"),
+    ("logprobs", "text"),
+    ("choice_scores", "text"),
 )
 RESULT_SHARED = ("job_id", "task_id", "attempt", "worker", "created_at")
-_JSON_COLUMNS = ("outputs", "finish_reasons")
+_JSON_COLUMNS = ("outputs", "finish_reasons", "raw_outputs", "parsed", "logprobs", "choice_scores")
 _RESULT_HEAD = (
     f"INSERT INTO results ({', '.join(RESULT_SHARED)}, "
     + ", ".join(name for name, _ in RESULT_COLUMNS)
@@ -211,7 +227,7 @@ _PG_RESULTS = text(
     + ")"
     + _ON_CONFLICT
 )
-#: SQLite: rows per multi-row INSERT (17 parameters each; it allows 32766 per statement).
+#: SQLite: rows per multi-row INSERT (23 parameters each; it allows 32766 per statement).
 _SQLITE_ROWS = 500
 
 

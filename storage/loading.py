@@ -31,6 +31,7 @@ from genqueue.storage.models import (
     Task,
     TaskState,
 )
+from genqueue.storage.results import NewResult, row_values
 from genqueue.storage.text import clean_text
 
 
@@ -212,12 +213,10 @@ def _rejected_task(s: Session, job: Job, items: Sequence[NewItem]) -> int:
     for it in items:
         assert it.rejected is not None
         code, message = it.rejected
-        values = dict.fromkeys(name for name, _ in dialect.RESULT_COLUMNS)
-        values.update(
-            idx=it.idx, status=ResultStatus.FAILED.value, error_code=code, error_message=message
+        failed = NewResult(
+            idx=it.idx, status=ResultStatus.FAILED, error_code=code, error_message=message
         )
-        values["truncated"] = False
-        rows.append(tuple(values[name] for name, _ in dialect.RESULT_COLUMNS))
+        rows.append(row_values(failed))
     dialect.insert_results(s, (job.id, task_id, 0, SCHEDULER_WORKER, now), rows)
     return task_id
 

@@ -229,6 +229,20 @@ class Result(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The generation before post-processing (NULL without post-processing).
+    raw_output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Every raw output, with post-processing and several outputs.
+    raw_outputs: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: The first output parsed as JSON (json_schema / json_object).
+    parsed: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: A constrained output cut by max_new_tokens before its grammar was complete.
+    incomplete: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    #: Per output, OpenAI-shaped log-probabilities ({"content": [...]}).
+    logprobs: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: {label: total log-probability} (score_choices).
+    choice_scores: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
     task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -40,6 +40,12 @@ class NewResult:
     error_message: str | None = None
     truncated: bool = False
     latency_ms: float | None = None
+    raw_output: str | None = None
+    raw_outputs: list[str] | None = None
+    parsed: Any = None
+    incomplete: bool | None = None
+    logprobs: list[Any] | None = None
+    choice_scores: dict[str, float] | None = None
 
 
 def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> tuple[int, int]:
@@ -63,7 +69,7 @@ def task_exists(s: Session, task_id: int) -> bool:
 _R, _T, _A, _J = (m.__table__ for m in (Result, Task, Attempt, Job))
 
 
-def _row_values(r: NewResult) -> tuple[Any, ...]:
+def row_values(r: NewResult) -> tuple[Any, ...]:
     """A result's own values in dialect.RESULT_COLUMNS order, ready for the driver."""
     outputs = [clean_text(o) for o in r.outputs] if r.outputs is not None else None
     return (
@@ -79,7 +85,18 @@ def _row_values(r: NewResult) -> tuple[Any, ...]:
         clean_text(r.error_message),
         r.truncated,
         r.latency_ms,
+        clean_text(r.raw_output),
+        _json(r.raw_outputs and [clean_text(o) for o in r.raw_outputs]),
+        _json(r.parsed),
+        r.incomplete,
+        _json(r.logprobs),
+        _json(r.choice_scores),
     )
+
+
+def _json(value: Any) -> str | None:
+    """JSON text for a JSON column (None stays NULL)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -96,7 +113,7 @@ def insert_rows(s: Session, claim: Claim, results: Sequence[NewResult]) -> Inser
         return Inserted(0, 0, 0, 0)
     job_id, conn = claim.job_id, s.connection()
     shared = (job_id, claim.task_id, claim.attempt, claim.worker, utcnow())
-    inserted = dialect.insert_results(s, shared, [_row_values(r) for r in results])
+    inserted = dialect.insert_results(s, shared, [row_values(r) for r in results])
     ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
     bad = len(inserted) - ok
     dups = len(results) - len(inserted)
@@ -164,17 +181,24 @@ LINE_COLUMNS = (
     "error_code",
     "error_message",
     "truncated",
+    "raw_output",
+    "raw_outputs",
+    "parsed",
+    "incomplete",
+    "logprobs",
+    "choice_scores",
 )
 
 
 @dataclass(frozen=True)
 class StoredResult:
     """A result line with what only some formats show (OpenAI lines): when it was
-    written and why each output ended."""
+    written, why each output ended and each output's log-probabilities."""
 
     line: ResultLine
     created_at: datetime | None
     finish_reasons: list[str] | None
+    logprobs: list[Any] | None = None
 
 
 def iter_results(
@@ -221,5 +245,5 @@ def iter_stored(
             line = ResultLine.from_stored(
                 index=r.idx, custom_id=r.custom_id, **{c: values[c] for c in LINE_COLUMNS}
             )
-            yield StoredResult(line, as_utc(r.created_at), r.finish_reasons)
+            yield StoredResult(line, as_utc(r.created_at), r.finish_reasons, values["logprobs"])
         last = rows[-1].idx

@@ -27,13 +27,20 @@ class PrivatePostgres:
     """initdb + pg_ctl in a temporary directory, as the `postgres` user (PostgreSQL
     refuses to run as root), on a free port, trust auth, fsync off."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", netns: str | None = None, clients: str | None = None
+    ) -> None:
+        """`host`: the address to listen on; `netns`: a network namespace to run in;
+        `clients`: a network (CIDR) trusted to connect besides loopback."""
         # Not under pytest's tmp_path: the postgres user cannot reach into root's 0700
         # directories.
         self.root = Path(tempfile.mkdtemp(prefix="gq-pg-"))
         self.data = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.host = host
+        self.netns = netns
+        self.clients = clients
+        self.port = free_port() if netns is None else 5432
+        self.url = f"postgresql://postgres@{host}:{self.port}/postgres"
 
     @staticmethod
     def missing() -> str | None:
@@ -46,20 +53,24 @@ class PrivatePostgres:
         return None
 
     def _run(self, *args: str, timeout: float = 60) -> None:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args],
+            [*prefix, "runuser", "-u", "postgres", "--", *args],
             check=True,
             capture_output=True,
             timeout=timeout,
         )
 
     def _options(self) -> str:
-        return f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return f"-p {self.port} -k {self.root} -c listen_addresses={self.host} -c fsync=off"
 
     def start(self) -> None:
         if not self.data.exists():
             shutil.chown(self.root, "postgres")
             self._run(str(_bin("initdb")), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+            if self.clients:
+                with (self.data / "pg_hba.conf").open("a") as hba:
+                    hba.write(f"host all all {self.clients} trust\n")
         self._ctl("start")
 
     def restart(self) -> float:

@@ -209,6 +209,17 @@ def _bound(engine: Engine, req: GenRequest, policy: BatchPolicy) -> GenRequest |
     (`max_token_chars`): a prompt over (context + 1) times that many is then cut, or
     judged by a prefix of that size, and never tokenised whole."""
     chars = _chars(req)
+    if req.messages is not None:
+        # A conversation: only the character limit. Its chat template may drop parts of
+        # it, and --truncate drops its oldest turns (PromptCodec.fit), so no prefix can
+        # stand for it.
+        if chars <= policy.max_prompt_chars:
+            return req
+        msg = (
+            f"conversation is {chars:,} characters; at most {policy.max_prompt_chars:,} are "
+            "allowed (GENQUEUE_MAX_PROMPT_CHARS); shorten it"
+        )
+        return _error(req, ItemError("prompt_too_long", msg), 0)
     max_ctx = engine.info.max_context
     token_chars = getattr(engine, "max_token_chars", None)
     limit = policy.max_prompt_chars
@@ -216,7 +227,7 @@ def _bound(engine: Engine, req: GenRequest, policy: BatchPolicy) -> GenRequest |
         limit = min(limit, (max_ctx + 1) * token_chars)
     if chars <= limit:
         return req
-    if req.messages is None and policy.truncate:
+    if policy.truncate:
         # Decoder-only models keep the end of a prompt, seq2seq ones its start (as the
         # exact cut does, see PromptCodec.truncate).
         keep_start = engine.info.is_encoder_decoder
@@ -226,17 +237,16 @@ def _bound(engine: Engine, req: GenRequest, policy: BatchPolicy) -> GenRequest |
     if chars > policy.max_prompt_chars or max_ctx is None:
         msg = (
             f"prompt is {chars:,} characters; at most {policy.max_prompt_chars:,} are "
-            "allowed (GENQUEUE_MAX_PROMPT_CHARS); shorten it"
-            + (" or submit with --truncate" if req.messages is None else "")
+            "allowed (GENQUEUE_MAX_PROMPT_CHARS); shorten it or submit with --truncate"
         )
         return _error(req, ItemError("prompt_too_long", msg), 0)
-    # Count a prefix only: if it alone is too long, so is the whole prompt.
+    # Count a prefix only: if it alone is too long, so is the whole prompt (joining the
+    # cut's last token with what follows may save one token).
     try:
-        [ids] = engine.tokenize([replace(req, prompt=req.prompt[:limit], messages=None)])
+        [ids] = engine.tokenize([replace(req, prompt=req.prompt[:limit])])
     except Exception:
         return req  # let the normal path report what is wrong with it
-    # A cut may merge two tokens; role labels in a conversation's text view are not in it.
-    count = len(ids) - 1 - (3 * len(req.messages) if req.messages else 0)
+    count = len(ids) - 1
     if count + max_new > max_ctx:
         return _too_long(req, count, max_new, max_ctx, at_least=True)
     return req  # a normaliser shrank it: count it whole (it is within the char limit)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Celery warns when root could unpickle messages; genqueue accepts JSON only.
     warnings.filterwarnings("ignore", category=SecurityWarning)
-    settings = Settings()
+    settings = Settings.from_env()
     if not settings.broker_url:
         raise SystemExit("GENQUEUE_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from genqueue import postprocess
 from genqueue.params import GenerationParams, item_seed
 from genqueue.storage.claims import Claim
 from genqueue.storage.models import ResultStatus
@@ -26,8 +29,11 @@ def build_requests(claim: Claim) -> list[GenRequest]:
     ]
 
 
-def to_new_result(r: GenResult, latency_ms: float) -> NewResult:
-    """The row to store for an engine result (a failure keeps its code and message)."""
+def to_new_result(
+    r: GenResult, latency_ms: float, params: GenerationParams | None = None
+) -> NewResult:
+    """The row to store for an engine result (a failure keeps its code and message):
+    JSON outputs parsed, post-processing applied (the raw generation kept)."""
     if r.error is not None:
         return NewResult(
             idx=r.key,
@@ -39,11 +45,27 @@ def to_new_result(r: GenResult, latency_ms: float) -> NewResult:
             latency_ms=latency_ms,
         )
     many = len(r.outputs) > 1
+    raw = list(r.outputs)
+    steps = params.postprocess if params is not None else ()
+    shown = [postprocess.apply(steps, o) for o in raw] if steps else raw
+    incomplete = any(r.incomplete)
+    parsed = None
+    if params is not None and params.wants_json and raw and not (r.incomplete or [False])[0]:
+        try:
+            parsed = json.loads(raw[0])
+        except ValueError:  # cannot happen for a complete constrained output
+            incomplete = True
     return NewResult(
         idx=r.key,
         status=ResultStatus.SUCCEEDED,
-        output=r.outputs[0] if r.outputs else "",
-        outputs=list(r.outputs) if many else None,
+        output=shown[0] if shown else "",
+        outputs=shown if many else None,
+        raw_output=raw[0] if steps and raw else None,
+        raw_outputs=raw if steps and many else None,
+        parsed=parsed,
+        incomplete=incomplete or None,
+        logprobs=r.logprobs,
+        choice_scores=r.choice_scores,
         finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
         finish_reasons=list(r.finish_reasons) if many else None,
         prompt_tokens=r.prompt_tokens,

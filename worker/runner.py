@@ -224,13 +224,14 @@ def generate(ctx: WorkerContext, run: Running) -> None:
                 run.policy,
                 should_stop=lambda: _should_stop(ctx, run),
             )
+            params = {q.key: q.params for q in run.requests}
             for batch in batches:
                 now = time.perf_counter()
                 per_item = (now - started) * 1000 / max(1, len(batch))
                 started = now
                 if run.held:
                     run.writer.send(run.held)
-                run.held = [to_new_result(r, per_item) for r in batch]
+                run.held = [to_new_result(r, per_item, params.get(r.key)) for r in batch]
                 hb.batch_started = time.monotonic()
         finally:
             hb.generating = False

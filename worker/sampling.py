@@ -37,11 +37,22 @@ class SeededSampler(LogitsProcessor):
     are -inf everywhere except that token. Must run last (after repetition penalty,
     min-new-tokens, n-gram blocking), which is where `generate` puts custom processors."""
 
-    def __init__(self, seeds: Sequence[int], *, temperature: float, top_k: int, top_p: float):
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float = 0.0,
+        typical_p: float = 1.0,
+    ):
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
+        self.min_p = min_p
+        self.typical_p = typical_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.generators):
@@ -49,7 +60,11 @@ class SeededSampler(LogitsProcessor):
                 f"SeededSampler got {scores.shape[0]} rows for {len(self.generators)} seeds"
             )
         logits = filter_logits(
-            scores.float() / self.temperature, top_k=self.top_k, top_p=self.top_p
+            scores.float() / self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            typical_p=self.typical_p,
         )
         probs = torch.softmax(logits, dim=-1)
         # Exponential race (equivalent to Gumbel-max): argmax(p / E), E ~ Exp(1). Each
@@ -64,9 +79,17 @@ class SeededSampler(LogitsProcessor):
         return cast(torch.FloatTensor, out)
 
 
-def filter_logits(logits: torch.Tensor, *, top_k: int, top_p: float) -> torch.Tensor:
-    """Top-k then nucleus (top-p) filtering with transformers' semantics: removed tokens
-    get -inf, and at least one token always survives."""
+def filter_logits(
+    logits: torch.Tensor,
+    *,
+    top_k: int,
+    top_p: float,
+    min_p: float = 0.0,
+    typical_p: float = 1.0,
+) -> torch.Tensor:
+    """Top-k, nucleus (top-p), min-p then locally typical filtering, in transformers'
+    order and with its semantics: removed tokens get -inf, and at least one token
+    always survives."""
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -77,4 +100,27 @@ def filter_logits(logits: torch.Tensor, *, top_k: int, top_p: float) -> torch.Te
         remove_sorted[..., -1:] = False  # keep the most likely token
         remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
         logits = logits.masked_fill(remove, float("-inf"))
+    if min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        floor = min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < floor, float("-inf"))
+    if typical_p < 1.0:
+        logits = _typical(logits, typical_p)
     return logits
+
+
+def _typical(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling (Meister et al.), as transformers' TypicalLogitsWarper:
+    keep the tokens whose surprise is closest to the entropy, up to `mass`."""
+    normalized = torch.log_softmax(logits, dim=-1)
+    p = torch.exp(normalized)
+    entropy = -(normalized * p).nansum(-1, keepdim=True)
+    shifted = torch.abs((-normalized) - entropy)
+    sorted_scores, sorted_idx = torch.sort(shifted, descending=False)
+    sorted_logits = logits.gather(-1, sorted_idx)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=1).clamp(max=logits.shape[-1] - 1)
+    remove_sorted = sorted_scores > sorted_scores.gather(1, last.view(-1, 1))
+    remove_sorted[..., :1] = False
+    remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))

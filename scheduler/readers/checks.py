@@ -4,9 +4,11 @@ record is held to the same limits whatever format it came in."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from genqueue.settings import InputLimits
@@ -44,28 +46,43 @@ def record_problem(
 def value_problem(
     value: Any, field: str, limits: InputLimits, *, text_checks: bool = True
 ) -> str | None:
-    """What is wrong with one field's value, or None. Walks without recursion, so depth
-    is bounded by the limit and not by the stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    """What is wrong with one field's value, or None. Walks without recursion, holding
+    one iterator per level: memory grows with the depth (bounded), not the width."""
+    if not isinstance(value, dict | list):
+        return _leaf_problem(value, field, limits, text_checks)
+    if limits.max_nesting_depth <= 1:
+        return f"field {field!r}: {too_deep_message(limits)}"
+    stack: list[Iterator[Any]] = [_children(value)]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            problem = text_problem(value, field, limits, text_checks=text_checks)
+        for child in stack[-1]:
+            if isinstance(child, dict | list):
+                if len(stack) + 1 >= limits.max_nesting_depth:
+                    return f"field {field!r}: {too_deep_message(limits)}"
+                stack.append(_children(child))
+                break
+            problem = _leaf_problem(child, field, limits, text_checks)
             if problem is not None:
                 return problem
-        elif isinstance(value, dict | list):
-            if depth >= limits.max_nesting_depth:
-                return f"field {field!r}: {too_deep_message(limits)}"
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, member in items:
-                stack.append((member, depth + 1))
-                if isinstance(key, str):
-                    stack.append((key, depth + 1))
-        elif isinstance(value, bytes | bytearray) and len(value) > limits.max_field_chars:
-            return (
-                f"field {field!r} holds {len(value):,} bytes; at most "
-                f"{limits.max_field_chars:,} are allowed (GENQUEUE_MAX_FIELD_CHARS)"
-            )
+        else:
+            stack.pop()
+    return None
+
+
+def _children(value: dict[Any, Any] | list[Any]) -> Iterator[Any]:
+    """A container's members (an object's keys too: they are text)."""
+    if isinstance(value, dict):
+        return itertools.chain.from_iterable(value.items())
+    return iter(value)
+
+
+def _leaf_problem(value: Any, field: str, limits: InputLimits, text_checks: bool) -> str | None:
+    if isinstance(value, str):
+        return text_problem(value, field, limits, text_checks=text_checks)
+    if isinstance(value, bytes | bytearray) and len(value) > limits.max_field_chars:
+        return (
+            f"field {field!r} holds {len(value):,} bytes; at most "
+            f"{limits.max_field_chars:,} are allowed (GENQUEUE_MAX_FIELD_CHARS)"
+        )
     return None
 
 
@@ -100,10 +117,14 @@ def too_deep_message(limits: InputLimits) -> str:
     )
 
 
-def record_too_large(size: int, limits: InputLimits, *, what: str = "line") -> str:
+def record_too_large(
+    size: int, limits: InputLimits, *, what: str = "line", more: bool = False
+) -> str:
+    """`more`: reading stopped at `size`, the record is longer."""
     return (
-        f"{what} is {size:,} bytes; at most {limits.max_record_bytes:,} are allowed "
-        "(GENQUEUE_MAX_RECORD_BYTES); it was not read into memory"
+        f"{what} is {'more than ' if more else ''}{size:,} bytes; at most "
+        f"{limits.max_record_bytes:,} are allowed (GENQUEUE_MAX_RECORD_BYTES); it was not "
+        "read into memory"
     )
 
 

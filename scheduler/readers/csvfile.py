@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from genqueue.scheduler.errors import InputFormatError, LineProblem
 from genqueue.scheduler.readers.checks import record_too_large, text_problem
-from genqueue.scheduler.readers.source import Records
+from genqueue.scheduler.readers.source import InputTooLarge, Records
 from genqueue.settings import InputLimits
 
 # Bytes that are not UTF-8 arrive from the text layer as these (errors="surrogateescape").
@@ -47,9 +47,10 @@ class _BoundedLines:
 
 
 def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
-    # csv.field_size_limit is process-wide; every reader sets it before it reads. A field
-    # past it is a problem; the default (128 KiB) is too small for a long document.
-    csv.field_size_limit(limits.max_field_chars)
+    # csv.field_size_limit is process-wide and 128 KiB by default, too small for a long
+    # document. It is only ever raised, past any record this reader lets through
+    # (_BoundedLines bounds memory), and each cell's length is checked like any field's.
+    csv.field_size_limit(max(csv.field_size_limit(), limits.max_record_bytes + 1))
     # surrogateescape keeps the text layer in step past bad bytes, so they become a
     # problem for their own row rather than the end of the file.
     text = io.TextIOWrapper(
@@ -63,10 +64,9 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
         reader = csv.reader(iter(lines))
         try:
             header = _csv_header(reader, name)
-        except _RecordTooLarge as exc:
-            raise InputFormatError(
-                f"{name}: line 1: the header {record_too_large(exc.size, limits, what='row')}"
-            ) from None
+        except _RecordTooLarge:
+            too_large = record_too_large(limits.max_record_bytes, limits, what="row", more=True)
+            raise InputFormatError(f"{name}: line 1: the header {too_large}") from None
         end = reader.line_num
         while True:
             lines.pending = 0
@@ -74,10 +74,15 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
                 row = next(reader)
             except StopIteration:
                 return
-            except _RecordTooLarge as exc:
+            except _RecordTooLarge:
                 # The csv module cannot resume inside a record: reading stops here.
-                problem = record_too_large(exc.size, limits, what="the CSV record")
-                yield end + 1, LineProblem(end + 1, problem, fatal=True)
+                problem = record_too_large(
+                    limits.max_record_bytes, limits, what="the CSV record", more=True
+                )
+                yield end + 1, LineProblem(end + 1, problem + "; reading stopped here", fatal=True)
+                return
+            except InputTooLarge as exc:
+                yield end + 1, LineProblem(end + 1, str(exc), fatal=True)
                 return
             except csv.Error as exc:
                 yield end + 1, LineProblem(end + 1, _csv_error(exc, limits), fatal=True)

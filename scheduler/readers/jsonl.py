@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from genqueue.scheduler.errors import InputFormatError, LineProblem
 from genqueue.scheduler.readers.checks import load_json, record_problem, record_too_large
-from genqueue.scheduler.readers.source import READ_CHUNK, Records
+from genqueue.scheduler.readers.source import READ_CHUNK, InputTooLarge, Records
 from genqueue.settings import InputLimits
 
 
@@ -21,14 +21,19 @@ def jsonl_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
     # "\n" ends a line (U+2028 inside a string does not).
     line = 0
     while True:
-        raw = stream.readline(limits.max_record_bytes + 1)
+        try:
+            raw = stream.readline(limits.max_record_bytes + 1)
+            if len(raw) > limits.max_record_bytes and not raw.endswith(b"\n"):
+                size = len(raw) + _skip_line(stream)
+                yield line + 1, LineProblem(line + 1, record_too_large(size, limits))
+                line += 1
+                continue
+        except InputTooLarge as exc:
+            yield line + 1, LineProblem(line + 1, str(exc), fatal=True)
+            return
         if not raw:
             return
         line += 1
-        if len(raw) > limits.max_record_bytes and not raw.endswith(b"\n"):
-            size = len(raw) + _skip_line(stream)
-            yield line, LineProblem(line, record_too_large(size, limits))
-            continue
         if line == 1:
             if raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
@@ -48,8 +53,10 @@ def _skip_line(stream: IO[bytes]) -> int:
     while True:
         chunk = stream.readline(READ_CHUNK)
         skipped += len(chunk)
-        if not chunk or chunk.endswith(b"\n"):
+        if not chunk:
             return skipped
+        if chunk.endswith(b"\n"):
+            return skipped - 1  # the size of the line, without its newline
 
 
 def _parse_line(body: bytes, line: int, last: bool, limits: InputLimits) -> Any:
@@ -65,6 +72,13 @@ def _parse_line(body: bytes, line: int, last: bool, limits: InputLimits) -> Any:
     # Only a \\u escape can put a NUL or a lone surrogate in a JSON string (raw control
     # characters are invalid JSON), so lines without one skip those checks.
     escapes = b"\\u" in body
+    # A line that cannot break a record limit needs no walk: no text in it is longer
+    # than the field limit, no escape can hide a NUL, and it nests less than the limit.
+    simple = (
+        len(body) <= limits.max_field_chars
+        and not escapes
+        and body.count(b"{") + body.count(b"[") < limits.max_nesting_depth
+    )
     del body
     try:
         value = load_json(text, limits)
@@ -75,9 +89,10 @@ def _parse_line(body: bytes, line: int, last: bool, limits: InputLimits) -> Any:
     if not isinstance(value, dict):
         got = "array" if isinstance(value, list) else type(value).__name__
         return LineProblem(line, f"expected a JSON object on each line, got {got}")
-    problem = record_problem(value, limits, text_checks=escapes)
-    if problem is not None:
-        return LineProblem(line, problem)
+    if not simple:
+        problem = record_problem(value, limits, text_checks=escapes)
+        if problem is not None:
+            return LineProblem(line, problem)
     return value
 
 

@@ -48,7 +48,13 @@ def parquet_records(source: Source, limits: InputLimits) -> Records:
         elif os.path.getsize(source) > limits.max_input_bytes:
             raise InputFormatError(f"{name}: {InputTooLarge(limits.max_input_bytes)}")
         try:
-            parquet = pq.ParquetFile(target)
+            # Text columns stay dictionary-encoded while read: a value repeated in many
+            # rows is held once, and row sizes are measured before any row is expanded.
+            schema = pq.read_schema(target)
+            if hasattr(target, "seek"):
+                target.seek(0)
+            text = [f.name for f in schema if _is_text(f.type)]
+            parquet = pq.ParquetFile(target, read_dictionary=text)
             stack.callback(parquet.close)
             big = _big_row_group(parquet.metadata, limits)
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -60,19 +66,33 @@ def parquet_records(source: Source, limits: InputLimits) -> Records:
         row = 0
         try:
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                for values in _rows(batch):
-                    row += 1
-                    if values is None:
-                        yield row, LineProblem(row, _NOT_UTF8)
+                sizes = _row_sizes(batch)
+                start = 0
+                while start < batch.num_rows:
+                    if sizes[start] > limits.max_record_bytes:  # never expanded
+                        row += 1
+                        problem = record_too_large(sizes[start], limits, what="the row")
+                        yield row, LineProblem(row, problem)
+                        start += 1
                         continue
-                    record = _parquet_record(values)
-                    size = sum(len(v) for v in record.values() if isinstance(v, str | bytes))
-                    problem = (
-                        record_too_large(size, limits, what="the row")
-                        if size > limits.max_record_bytes
-                        else record_problem(record, limits)
-                    )
-                    yield row, record if problem is None else LineProblem(row, problem)
+                    # Expand rows a slice of at most one record's size at a time.
+                    end, total = start, 0
+                    while (
+                        end < batch.num_rows
+                        and sizes[end] <= limits.max_record_bytes
+                        and (end == start or total + sizes[end] <= limits.max_record_bytes)
+                    ):
+                        total += sizes[end]
+                        end += 1
+                    for values in _rows(batch.slice(start, end - start)):
+                        row += 1
+                        if values is None:
+                            yield row, LineProblem(row, _NOT_UTF8)
+                            continue
+                        record = _parquet_record(values)
+                        problem = record_problem(record, limits)
+                        yield row, record if problem is None else LineProblem(row, problem)
+                    start = end
         except (pa.ArrowException, OSError) as exc:
             raise InputFormatError(
                 f"{name}: cannot read Parquet data after row {row}: {exc}"
@@ -84,6 +104,35 @@ _NOT_UTF8 = (
     "a string column holds bytes that are not valid UTF-8; write the text as UTF-8 "
     "(or the column as binary)"
 )
+
+
+def _is_text(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    )
+
+
+def _row_sizes(batch: Any) -> list[int]:
+    """Bytes of text and binary values per row, measured in Arrow (nothing expanded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = pa.array([0] * batch.num_rows, pa.int64())
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):
+            lengths = pc.binary_length(column.dictionary).cast(pa.int64())
+            sizes = pc.take(lengths, column.indices)
+        elif _is_text(column.type):
+            sizes = pc.binary_length(column).cast(pa.int64())
+        else:
+            continue
+        total = pc.add(total, pc.fill_null(sizes, 0))
+    return [int(v) for v in total.to_pylist()]
 
 
 def _rows(batch: Any) -> list[dict[str, Any] | None]:

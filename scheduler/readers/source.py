@@ -49,6 +49,15 @@ class _Metered(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        # Up to the limit exactly, so the reader sees every line before it; past it, a
+        # read that still finds data raises.
+        room = self._limit - self.count
+        if room <= 0:
+            if self._stream.read(1):
+                raise InputTooLarge(self._limit)
+            return 0
+        if len(buffer) > room:
+            buffer = memoryview(buffer)[:room]
         readinto = getattr(self._stream, "readinto", None)
         if readinto is not None:
             n = int(readinto(buffer) or 0)
@@ -57,8 +66,6 @@ class _Metered(io.RawIOBase):
             n = len(data)
             buffer[:n] = data
         self.count += n
-        if self.count > self._limit:
-            raise InputTooLarge(self._limit)
         return n
 
 

@@ -23,10 +23,10 @@ def _line(record: object) -> bytes:
 
 
 def _big_prompt_line(path: Path, size: int) -> Path:
-    """One `{"prompt": "word word ..."}` line of `size` bytes, written in pieces, then a
-    normal line."""
+    """One `{"prompt": "word word ..."}` line of `size` bytes (and its newline), written
+    in pieces, then a normal line."""
     head, tail = b'{"prompt": "', b'"}\n'
-    body = size - len(head) - len(tail)
+    body = size - len(head) - len(tail) + 1
     piece = b"word " * (MiB // 5)
     with path.open("wb") as f:
         f.write(head)
@@ -126,6 +126,15 @@ def parquet_big_cell(tmp: Path) -> Path:
         }
     )
     pq.write_table(table, path)
+    return path
+
+
+def parquet_repeated_value(tmp: Path) -> Path:
+    """A file of a few kilobytes that expands to 2 GB: 200 rows holding the same 10 MB
+    value, dictionary-encoded and compressed."""
+    path = tmp / "repeated_value.parquet"
+    table = pa.table({"prompt": pa.array(["x" * (10 * MB)] * 200)})
+    pq.write_table(table, path, use_dictionary=True, compression="zstd")
     return path
 
 

@@ -60,8 +60,6 @@ def test_fields_that_ask_for_nothing_pass_and_harmless_ones_are_ignored() -> Non
     req = parse_request(
         line(
             logprobs=False,
-            presence_penalty=0,
-            frequency_penalty=0.0,
             response_format={"type": "text"},
             tools=[],
             user="u1",
@@ -73,11 +71,49 @@ def test_fields_that_ask_for_nothing_pass_and_harmless_ones_are_ignored() -> Non
     assert req.params == {}
 
 
+def test_structured_outputs_logprobs_and_penalties_map_onto_params() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    chat = parse_request(
+        line(
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+            logprobs=True,
+            top_logprobs=3,
+            presence_penalty=0.5,
+            frequency_penalty=-0.25,
+            min_p=0.1,
+            typical_p=0.9,
+        )
+    )
+    assert chat.params == {
+        "json_schema": schema,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "min_p": 0.1,
+        "typical_p": 0.9,
+    }
+    assert parse_request(line(response_format={"type": "json_object"})).params == {
+        "json_object": True
+    }
+    text = parse_request(line("/v1/completions", logprobs=2, guided_choice=["a", "b"]))
+    assert text.params == {"logprobs": True, "top_logprobs": 2, "choices": ["a", "b"]}
+    assert parse_request(line(guided_regex="[0-9]+")).params == {"regex": "[0-9]+"}
+    assert parse_request(line(presence_penalty=0)).params == {"presence_penalty": 0}
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        (line(logprobs=True), "body.logprobs is refused: log-probabilities are not available yet"),
-        (line(response_format={"type": "json_object"}), "body.response_format is refused"),
+        (line(logprobs=3), "body.logprobs must be true or false"),
+        (line("/v1/completions", logprobs=9), "body.logprobs must be an integer from 0 to 5"),
+        (line("/v1/completions", top_logprobs=2), "body.top_logprobs is not a field of"),
+        (line(response_format={"type": "yaml"}), "body.response_format.type is 'yaml'"),
+        (
+            line(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+            "body.response_format.json_schema.schema must be a JSON Schema object",
+        ),
+        (line(logit_bias={"1": 5}), "body.logit_bias is refused: not supported"),
         (line(tools=[{"type": "function"}]), "body.tools is refused: tool calling"),
         (line(stream=True), "body.stream must be false"),
         (line(echo=True), "body.echo is not a field of /v1/chat/completions"),

@@ -204,7 +204,7 @@ def test_an_openai_file_with_bad_lines_lists_each_with_its_line(
     lines = [
         openai_line("ok", "tiny-gpt2"),
         openai_line("emb", "tiny-gpt2", "/v1/embeddings"),
-        openai_line("lp", "tiny-gpt2", logprobs=True),
+        openai_line("lp", "tiny-gpt2", logit_bias={"1": 2}),
         openai_line("ok", "tiny-gpt2"),
         {
             "custom_id": "nomodel",
@@ -219,7 +219,7 @@ def test_an_openai_file_with_bad_lines_lists_each_with_its_line(
     problems = {p.line: p.message for p in err.value.problems}
     assert sorted(problems) == [2, 3, 5, 6]
     assert problems[2].startswith("url '/v1/embeddings' is not supported")
-    assert problems[3] == "body.logprobs is refused: log-probabilities are not available yet"
+    assert problems[3] == "body.logit_bias is refused: not supported"
     assert problems[5].startswith("body.model is missing")
     assert "does not exist" in problems[6]
     with store.session() as s:

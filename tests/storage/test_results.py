@@ -40,3 +40,46 @@ def test_nul_characters_are_stored_the_same_on_every_backend(store: Store) -> No
     assert write_results(store, claim, [res]) == (1, 0)
     row = next(iter(iter_results(store, job.id)))
     assert row.output == "ab" and row.outputs == ["ab", "c"]
+
+
+def test_structured_fields_round_trip_on_every_backend(store: Store) -> None:
+    """Raw output, parsed JSON, the incomplete flag, logprobs and label scores are
+    stored and read back alike on SQLite and PostgreSQL."""
+    from genqueue.storage.results import iter_stored
+
+    job = make_job(store, n=3, chunk=3)
+    (tid,) = task_ids(store, job.id)
+    claim = leases.claim_task(store, tid, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(claim, Claim)
+    lp = {"content": [{"token": "x", "logprob": -1.5, "bytes": [120], "top_logprobs": []}]}
+    rows = [
+        NewResult(
+            idx=0,
+            status=ResultStatus.SUCCEEDED,
+            output='{"a": 1}',
+            raw_output=' {"a": 1} ',
+            parsed={"a": 1, "b": [True, None, "é"]},
+            logprobs=[lp],
+            choice_scores={"pos": -0.5, "neg": -2.25},
+        ),
+        NewResult(idx=1, status=ResultStatus.SUCCEEDED, output="{", incomplete=True),
+        NewResult(
+            idx=2,
+            status=ResultStatus.SUCCEEDED,
+            output="a",
+            outputs=["a", "b"],
+            raw_output="a ",
+            raw_outputs=["a ", "b "],
+            logprobs=[lp, lp],
+        ),
+    ]
+    assert write_results(store, claim, rows) == (3, 0)
+    stored = list(iter_stored(store, job.id))
+    first, cut, many = (s.line for s in stored)
+    assert first.parsed == {"a": 1, "b": [True, None, "é"]} and first.raw_output == ' {"a": 1} '
+    assert first.choice_scores == {"pos": -0.5, "neg": -2.25}
+    assert first.logprobs is not None and first.logprobs.content[0].logprob == -1.5
+    assert cut.incomplete and cut.parsed is None and cut.logprobs is None
+    assert (many.raw_output, many.raw_outputs) == ("a ", ["a ", "b "])
+    assert stored[2].logprobs == [lp, lp]
+    assert '"parsed"' not in cut.to_json() and '"incomplete":true' in cut.to_json()

@@ -346,3 +346,22 @@ def test_huge_prompt_for_a_model_without_a_context_length(t5: HFEngine) -> None:
     )
     assert cut[0].error is None and cut[0].truncated
     assert engine.tokenized == [2000]
+
+
+def test_long_conversation_with_truncate_drops_old_turns(gpt2: HFEngine) -> None:
+    """A conversation far longer than the context, but whose last turns fit: truncate
+    drops the oldest turns (no prefix stands for a conversation); without truncate it
+    fails as too long."""
+    messages = (
+        {"role": "user", "content": "an old turn " * 2000},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "Say hi."},
+    )
+    assert sum(len(m["content"]) for m in messages) > 513 * (gpt2.max_token_chars or 0)
+    flat = "\n".join(m["content"] for m in messages)
+    req = GenRequest(0, flat, GenerationParams(max_new_tokens=4), messages=messages)
+    cut = run(gpt2, [req], BatchPolicy(truncate=True))
+    assert cut[0].error is None and cut[0].truncated
+    assert cut[0].prompt_tokens < 100
+    failed = run(gpt2, [req], BatchPolicy())
+    assert failed[0].error is not None and failed[0].error.code == "prompt_too_long"

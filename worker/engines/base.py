@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from genqueue.params import GenerationParams
 
@@ -51,6 +51,12 @@ class GenResult:
     completion_tokens: int = 0
     truncated: bool = False
     error: ItemError | None = None
+    #: Per output: a constrained output cut before its grammar was complete.
+    incomplete: list[bool] = field(default_factory=list)
+    #: Per output, OpenAI-shaped log-probabilities ({"content": [...]}), with logprobs.
+    logprobs: list[dict[str, Any]] | None = None
+    #: {label: log-probability of the output being exactly that label}, score_choices.
+    choice_scores: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

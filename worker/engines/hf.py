@@ -28,7 +28,9 @@ from genqueue.params import GenerationParams
 from genqueue.protocol import context_length
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
+from genqueue.worker.engines.constrained import GrammarCache, GrammarMask, OpenAIPenalties
 from genqueue.worker.engines.prompts import PromptCodec
+from genqueue.worker.engines.scoring import label_scores, token_logprobs
 from genqueue.worker.errors import EngineError
 from genqueue.worker.provenance import local_revision
 from genqueue.worker.sampling import SeededSampler, row_seeds, seed_or_random
@@ -80,6 +82,9 @@ class HFEngine:
         gen_eos = model.generation_config.eos_token_id
         eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
+        vocab = max(len(self.tokenizer), int(getattr(config, "vocab_size", 0) or 0))
+        #: Compiled grammars, once per grammar text (so once per job and params).
+        self.grammars = GrammarCache(self.tokenizer, vocab_size=vocab, eos_ids=self.eos_ids)
         if Path(model_ref).is_dir():
             loaded_revision: str | None = local_revision(Path(model_ref))
         else:
@@ -166,6 +171,29 @@ class HFEngine:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_StopStrings(self.tokenizer, params.stop, start, params.min_new_tokens)]
             )
+        # Per-row grammars (rows r*k + j are item r's): items with different
+        # constraints, or none, share this call.
+        grammars = [r.params.grammar() for r in requests]
+        processors: list[Any] = []
+        if params.presence_penalty or params.frequency_penalty:
+            processors.append(
+                OpenAIPenalties(
+                    start, presence=params.presence_penalty, frequency=params.frequency_penalty
+                )
+            )
+        if any(g is not None for g in grammars):
+            matchers = [
+                self.grammars.matcher(g) if g is not None else None
+                for g in grammars
+                for _ in range(k)
+            ]
+            processors.append(GrammarMask(matchers, self.eos_ids))
+        # The sampler (when sampling) stays last: it draws from the masked scores.
+        kwargs["logits_processor"] = LogitsProcessorList(
+            processors + list(kwargs.get("logits_processor", []))
+        )
+        if params.logprobs:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         model_inputs = dict(enc)
         rng: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if params.do_sample and params.num_beams == 1 and k > 1:
@@ -178,18 +206,67 @@ class HFEngine:
             # items run alone under a seeded global RNG: still reproducible per item.
             rng = _seeded_global_rng(seeds[0], self.device)
         with torch.inference_mode(), rng:
-            out = self._model_generate(**model_inputs, **kwargs)
+            out: Any = self._model_generate(**model_inputs, **kwargs)
+        step_logits = None
+        if params.logprobs:
+            step_logits, out = out.logits, out.sequences
         new_tokens = out[:, start:].tolist()
         results = []
         for i, req in enumerate(requests):
             res = GenResult(key=req.key, prompt_tokens=int(prompt_lens[i]))
+            if step_logits is not None:
+                res.logprobs = []
             for j in range(k):
-                text, reason, used = self._finish(new_tokens[i * k + j], params)
+                row = new_tokens[i * k + j]
+                text, reason, used, content = self._finish(row, params)
                 res.outputs.append(text)
                 res.finish_reasons.append(reason)
                 res.completion_tokens += used
+                grammar = grammars[i]
+                res.incomplete.append(
+                    grammar is not None and not self.grammars.accepts(grammar, row[:content])
+                )
+                if res.logprobs is not None and step_logits is not None:
+                    res.logprobs.append(
+                        self._logprobs(step_logits, i * k + j, row[:content], params.top_logprobs)
+                    )
             results.append(res)
+        scored = [(i, r) for i, r in enumerate(requests) if r.params.score_choices]
+        if scored:
+            scores = label_scores(
+                self.model,
+                prompts=[encoded[i] for i, _ in scored],
+                labels=[r.params.choices for _, r in scored],
+                encode=lambda label: list(
+                    self.tokenizer(label, add_special_tokens=False)["input_ids"]
+                ),
+                eos_id=int(self.tokenizer.eos_token_id),
+                pad_id=int(self.tokenizer.pad_token_id),
+                encoder_decoder=self.is_encoder_decoder,
+                decoder_start=getattr(self.config, "decoder_start_token_id", None),
+                device=self.device,
+            )
+            for (i, _), value in zip(scored, scores, strict=True):
+                results[i].choice_scores = value
         return results
+
+    def _logprobs(self, step_logits: Any, row: int, ids: list[int], top: int) -> dict[str, Any]:
+        """One output's log-probabilities in OpenAI's shape."""
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            raw = self.grammars.token_bytes(token)
+            return {
+                "token": raw.decode("utf-8", errors="replace"),
+                "logprob": logprob,
+                "bytes": list(raw),
+            }
+
+        content = []
+        for token, logprob, alts in token_logprobs(step_logits, row, ids, top):
+            item = entry(token, logprob)
+            item["top_logprobs"] = [entry(t, lp) for t, lp in alts]
+            content.append(item)
+        return {"content": content}
 
     def _generate_kwargs(self, params: GenerationParams, seeds: list[int]) -> dict[str, Any]:
         """Every GenerationParams field passed explicitly, so a model's own
@@ -205,9 +282,17 @@ class HFEngine:
             "eos_token_id": sorted(self.eos_ids),
             "do_sample": False,
         }
+        if params.num_beams > 1:
+            kwargs.update(
+                length_penalty=params.length_penalty, early_stopping=params.early_stopping
+            )
         if params.do_sample and params.num_beams > 1:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             kwargs["top_k"] = params.top_k
+            if params.min_p:
+                kwargs["min_p"] = params.min_p
+            if params.typical_p < 1.0:
+                kwargs["typical_p"] = params.typical_p
         elif params.do_sample:
             kwargs["num_return_sequences"] = 1  # rows already expanded in _generate_batch
             sampler = SeededSampler(
@@ -215,14 +300,17 @@ class HFEngine:
                 temperature=params.temperature,
                 top_k=params.top_k,
                 top_p=params.top_p,
+                min_p=params.min_p,
+                typical_p=params.typical_p,
             )
             kwargs["logits_processor"] = LogitsProcessorList([sampler])
         return kwargs
 
-    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[str, str, int]:
-        """(text, finish reason, completion tokens) of one generated row. The text ends
-        before the first EOS or stop string; completion tokens count what the model
-        produced for it (the EOS or the token completing the stop string included)."""
+    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[str, str, int, int]:
+        """(text, finish reason, completion tokens, content tokens) of one generated row.
+        The text ends before the first EOS or stop string; completion tokens count what
+        the model produced for it (the EOS or the token completing the stop string
+        included); content tokens are those the text was decoded from."""
         end, reason = len(new_ids), "length"
         for i, tok in enumerate(new_ids):
             if tok in self.eos_ids:
@@ -245,8 +333,8 @@ class HFEngine:
                         hi = mid
                     else:
                         lo = mid + 1
-                return text[:cut], "stop", lo
-        return text, reason, used
+                return text[:cut], "stop", lo, lo
+        return text, reason, used, end
 
     def _decode(self, ids: list[int]) -> str:
         """Text of token ids, special tokens (EOS, padding) dropped."""

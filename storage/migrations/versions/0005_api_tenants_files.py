@@ -5,15 +5,15 @@ Everything submitted before (or without an API key) belongs to the "default" ten
 API keys are stored as SHA-256 hashes only. Uploaded files live on disk; their rows say
 where. Workers write a heartbeat row, so the API can count the live workers per model.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
