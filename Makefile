@@ -21,7 +21,7 @@ run: install
 lint: install
 	ruff check .
 	ruff format --check .
-	mypy genqueue storage scheduler worker client cli
+	mypy genqueue storage scheduler worker client cli api
 
 ## Two test processes: most tests wait on real services and worker processes, and the
 ## test files share no state (each has its own databases and Redis database).

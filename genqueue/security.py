@@ -24,14 +24,19 @@ class InsecureSettings(GenqueueError):
     password; the message says what to set."""
 
 
-def is_local_host(host: str | None) -> bool:
-    """Loopback names and addresses, and Unix sockets (a path)."""
-    if not host or host.startswith("/") or host == "localhost":
+def is_loopback(host: str) -> bool:
+    """`localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_local_host(host: str | None) -> bool:
+    """Loopback, a Unix socket (a path), or no host at all (the driver's local default)."""
+    return not host or host.startswith("/") or is_loopback(host)
 
 
 def redis_problem(url: str | None) -> str | None:

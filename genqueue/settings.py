@@ -94,6 +94,19 @@ class Settings(BaseSettings):
     max_records: int = Field(_LIMITS.max_records, ge=1)
     max_row_group_bytes: int = Field(_LIMITS.max_row_group_bytes, ge=1024)
 
+    # -- the HTTP API (`genqueue api` / `genqueue serve`) ----------------------------------
+    #: Largest upload accepted (bytes): a larger one is refused with 413 while it streams
+    #: in, without being held in memory. OpenAI's limit is 200 MB; the default is 2 GiB.
+    api_max_upload_bytes: int = Field(2 << 30, ge=1)
+    #: Most lines (requests) one uploaded file may hold (OpenAI's limit is 50,000).
+    api_max_file_lines: int = Field(10_000_000, ge=1)
+    #: Per tenant: items queued or running at once, over all its jobs (429 past it).
+    api_max_queued_items: int = Field(50_000_000, ge=1)
+    #: Per tenant: unfinished jobs at once (a batch counts each of its jobs; 429 past it).
+    api_max_live_jobs: int = Field(1000, ge=1)
+    #: Where uploaded files are kept (default: `files/` in GENQUEUE_HOME).
+    files_dir: str | None = None
+
     @classmethod
     def from_env(cls) -> Settings:
         """The environment's settings; a bad value raises SettingsError naming its

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import heapq
+import io
 import json
 import os
 import sys
@@ -110,7 +111,7 @@ def parquet_schema() -> Any:
     )
 
 
-def _write_parquet(lines: Iterator[ResultLine], path: str) -> int:
+def write_parquet(lines: Iterator[ResultLine], path: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -208,7 +209,7 @@ def export_results(
         rows = iter_lines(store, job_id, include_pending=include_pending)
         if fmt == "parquet":
             out.close()
-            return _write_parquet(rows, out.name)
+            return write_parquet(rows, out.name)
         return (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, out)
 
 
@@ -236,3 +237,96 @@ def _open_atomic(files: contextlib.ExitStack, path: str) -> IO[str]:
 
     files.push(finish)
     return out
+
+
+#: Lines per chunk of a streamed export (`iter_text`).
+STREAM_LINES = 500
+
+
+def iter_text(
+    store: Store,
+    job_id: str,
+    fmt: str,
+    *,
+    statuses: frozenset[str] | None = None,
+    include_pending: bool = False,
+) -> Iterator[str]:
+    """A job's (or batch's) results as text chunks in a streaming format (jsonl, csv,
+    openai), only the lines whose status is in `statuses` when given: what an HTTP
+    response streams. Raises for an unknown id or format before the first chunk."""
+    found = formats.by_name(fmt, "output")
+    if found is None or not found.streams:
+        streaming = [f for f in EXPORT_FORMATS if (x := formats.by_name(f, "output")) and x.streams]
+        raise ExportError(f"format: {fmt!r} cannot be streamed; use {', '.join(streaming)}")
+    job_rows(store, job_id)  # an unknown id fails before the first chunk
+    return _chunks(store, job_id, found.name, statuses, include_pending)
+
+
+def _chunks(
+    store: Store,
+    job_id: str,
+    fmt: str,
+    statuses: frozenset[str] | None,
+    include_pending: bool,
+) -> Iterator[str]:
+    buf = io.StringIO()
+    n = 0
+    if fmt == "openai":
+        for line in iter_openai(store, job_id):
+            if statuses is not None and _openai_status(line) not in statuses:
+                continue
+            buf.write(json.dumps(line, ensure_ascii=False) + "\n")
+            n += 1
+            if n % STREAM_LINES == 0:
+                yield _drain(buf)
+        yield _drain(buf)
+        return
+    writer = csv.DictWriter(buf, fieldnames=[name for name, _ in FLAT_COLUMNS])
+    if fmt == "csv":
+        writer.writeheader()
+    for result in iter_lines(store, job_id, include_pending=include_pending):
+        if statuses is not None and result.status not in statuses:
+            continue
+        if fmt == "csv":
+            row = result.flat()
+            if row["outputs"] is not None:
+                row["outputs"] = json.dumps(row["outputs"], ensure_ascii=False)
+            writer.writerow(row)
+        else:
+            buf.write(result.to_json() + "\n")
+        n += 1
+        if n % STREAM_LINES == 0:
+            yield _drain(buf)
+    yield _drain(buf)
+
+
+def _drain(buf: io.StringIO) -> str:
+    text = buf.getvalue()
+    buf.seek(0)
+    buf.truncate()
+    return text
+
+
+def iter_openai_file(store: Store, job_or_batch: str, *, errors: bool) -> Iterator[bytes]:
+    """OpenAI's output file (errors False: the lines that succeeded) or error file (True:
+    failed, cancelled and expired lines) of a batch, as UTF-8 chunks in input order."""
+    buf = io.StringIO()
+    n = 0
+    for line in iter_openai(store, job_or_batch):
+        if is_error_line(line) != errors:
+            continue
+        buf.write(json.dumps(line, ensure_ascii=False) + "\n")
+        n += 1
+        if n % STREAM_LINES == 0:
+            yield _drain(buf).encode()
+    tail = _drain(buf)
+    if tail:
+        yield tail.encode()
+
+
+def _openai_status(line: dict[str, Any]) -> str:
+    """The result status behind an OpenAI output line (for a `status=` filter)."""
+    if line.get("response") is None:
+        code = (line.get("error") or {}).get("code", "")
+        return "expired" if code == "batch_expired" else "cancelled"
+    return "succeeded" if line["response"].get("status_code") == 200 else "failed"

@@ -4,7 +4,8 @@ Every few seconds it (1) re-queues tasks whose lease expired (a worker died), is
 poison items past the attempt cap; (2) sends tasks that were never sent (a submitter
 crashed between commit and enqueue, or a worker released a task); (3) rebuilds the
 queues when Redis lost its data; (4) expires jobs past their deadline; (5) finalises
-jobs with no open task; (6) removes submissions abandoned mid-load. Running several
+jobs with no open task; (6) removes submissions abandoned mid-load, and fails API
+batches whose submission died with them. Running several
 reconcilers at once is safe, only wasteful.
 """
 
@@ -17,7 +18,7 @@ from datetime import timedelta
 
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.settings import Settings
-from genqueue.storage import dispatch, lifecycle, loading, recovery
+from genqueue.storage import batches, dispatch, lifecycle, loading, recovery
 from genqueue.storage.db import Store, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class Reconciler:
             )
             lifecycle.delete_job(self.store, job_id)
             report.abandoned.append(job_id)
+        for batch_id in batches.fail_abandoned(self.store, created_before=silent_since):
+            log.warning("batch %s: its submission stopped (the API server died?)", batch_id)
+            report.abandoned.append(batch_id)
         return report
 
     def _refill_empty_queues(self) -> int:

@@ -9,6 +9,7 @@ input is clean; a rejected input leaves nothing behind.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,18 +23,27 @@ from genqueue.scheduler.inputs import ParsedItem, open_items
 from genqueue.scheduler.kinds import JobInputSpec
 from genqueue.scheduler.loader import Loader, Loading
 from genqueue.scheduler.modelcheck import check_model
+from genqueue.scheduler.openai_format import ENDPOINTS
 from genqueue.scheduler.planning import Sizing
 from genqueue.scheduler.promptfit import PromptFit
 from genqueue.settings import InputLimits
 from genqueue.storage import batches, dispatch, lifecycle, loading
 from genqueue.storage.db import Store, utcnow
-from genqueue.storage.models import Job
+from genqueue.storage.models import DEFAULT_TENANT, Batch, Job
 from genqueue.storage.status import view_job
 
 log = logging.getLogger(__name__)
 
 #: Jobs one input may become (one per model and endpoint its OpenAI lines name).
 MAX_JOBS_PER_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A model offered by public name: what a name in a submission stands for."""
+
+    model: str
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,16 @@ class JobSpec:
     min_tasks_per_window: int = 16
     #: Bounds on the input, enforced while it is read (GENQUEUE_MAX_* settings).
     limits: InputLimits = field(default_factory=InputLimits)
+    #: Whose job it is (the HTTP API's tenants; the CLI submits as the default one).
+    tenant: str = DEFAULT_TENANT
+    #: When set, model names resolve through this mapping only (the models the operator
+    #: offers by name): a name it lacks is a problem on its line (or a SpecError).
+    offered: Mapping[str, Offered] | None = None
+    #: OpenAI lines: every line's url must be this endpoint (a batch created for one).
+    endpoint: str | None = None
+    #: OpenAI lines: store into this batch, created by the caller (it is kept, and not
+    #: deleted, when the input is refused: the caller records why).
+    batch_id: str | None = None
 
     @property
     def sizing(self) -> Sizing:
@@ -106,6 +126,22 @@ def _check(spec: JobSpec) -> None:
         raise SpecError(f"priority: {spec.priority} is out of range (0..9, 9 most urgent)")
     if spec.chat_template is not None and not spec.chat_template.strip():
         raise SpecError("chat_template is empty; give a Jinja chat template")
+    if spec.endpoint is not None and spec.endpoint not in ENDPOINTS:
+        raise SpecError(
+            f"endpoint: {spec.endpoint!r} is not served; use {' or '.join(ENDPOINTS)} "
+            "(embeddings and other endpoints are not available)"
+        )
+
+
+def _offered(spec: JobSpec, name: str) -> Offered | str:
+    """What a model name stands for, or why it cannot be used."""
+    if spec.offered is None:
+        return Offered(name, spec.revision)
+    found = spec.offered.get(name)
+    if found is None:
+        names = ", ".join(sorted(spec.offered)) or "none (the operator adds them)"
+        return f"model {name!r} is not offered here; offered models: {names}"
+    return found
 
 
 def _deadline(spec: JobSpec) -> datetime | None:
@@ -144,11 +180,22 @@ def submit_job(
         return _submit_batch(store, dispatcher, items, spec, name)
     if spec.model is None:
         raise SpecError("model: give the model to run (--model); only OpenAI lines name theirs")
+    offered = _offered(spec, spec.model)
+    if isinstance(offered, str):
+        raise SpecError(f"model: {offered}")
     model_ref = check_model(
-        spec.model, spec.params, chat=input_spec.is_chat, chat_template=spec.chat_template
+        offered.model, spec.params, chat=input_spec.is_chat, chat_template=spec.chat_template
     )
     created = _create_job(
-        store, spec, spec.kind, spec.model, model_ref, name, chat=input_spec.is_chat, fmt=resolved
+        store,
+        spec,
+        spec.kind,
+        spec.model,
+        model_ref,
+        name,
+        chat=input_spec.is_chat,
+        fmt=resolved,
+        revision=offered.revision,
     )
     if isinstance(created, str):
         view = view_job(store, created)
@@ -174,13 +221,18 @@ def _submit_batch(
     """OpenAI batch lines: one job per (model, endpoint), grouped as a batch."""
     if spec.chat:
         raise SpecError("--chat does not apply to OpenAI batch lines: each line's url decides")
-    batch = loading.create_batch(
-        store,
-        input_name=name,
-        meta=spec.metadata,
-        options={"format": "openai"},
-        idempotency_key=spec.idempotency_key,
-    )
+    batch: Batch | str
+    if spec.batch_id is not None:
+        batch = batches.get_batch(store, spec.batch_id, None)
+    else:
+        batch = loading.create_batch(
+            store,
+            input_name=name,
+            meta=spec.metadata,
+            options={"format": "openai"},
+            idempotency_key=spec.idempotency_key,
+            tenant=spec.tenant,
+        )
     if isinstance(batch, str):
         view = batches.view_batch(store, batch)
         ids = tuple(v.job.id for v in view.jobs)
@@ -193,6 +245,12 @@ def _submit_batch(
         if model is None:
             return "body.model is missing; name the model in each line, or give --model"
         kind = item.kind or "generate"
+        if spec.endpoint is not None and ENDPOINTS[spec.endpoint] != kind:
+            url = next(u for u, k in ENDPOINTS.items() if k == kind)
+            return (
+                f"url is {url}, but this batch's endpoint is {spec.endpoint}; every line of "
+                "a batch uses its endpoint (split the file, one batch per endpoint)"
+            )
         key = (model, kind)
         if key not in groups:
             if len(groups) >= MAX_JOBS_PER_BATCH:
@@ -200,15 +258,30 @@ def _submit_batch(
                     f"the input names more than {MAX_JOBS_PER_BATCH} models (and endpoints); "
                     "split it into several batches"
                 )
+            offered = _offered(spec, model)
+            if isinstance(offered, str):
+                groups[key] = offered
+                return offered
             try:
                 ref = check_model(
-                    model, spec.params, chat=kind == "chat", chat_template=spec.chat_template
+                    offered.model,
+                    spec.params,
+                    chat=kind == "chat",
+                    chat_template=spec.chat_template,
                 )
             except SpecError as exc:
                 groups[key] = str(exc)
             else:
                 job = _create_job(
-                    store, spec, kind, model, ref, name, chat=kind == "chat", batch_id=batch.id
+                    store,
+                    spec,
+                    kind,
+                    model,
+                    ref,
+                    name,
+                    chat=kind == "chat",
+                    batch_id=batch.id,
+                    revision=offered.revision,
                 )
                 assert isinstance(job, Job)  # jobs of a batch have no idempotency key
                 groups[key] = loader.add_job(job, spec.sizing, _fit(spec, ref))
@@ -219,7 +292,8 @@ def _submit_batch(
     except BaseException:
         for target in loader.jobs:
             lifecycle.delete_job(store, target.job.id)
-        batches.delete_batch(store, batch.id)
+        if spec.batch_id is None:
+            batches.delete_batch(store, batch.id)
         raise
     tasks = _open_and_send(store, dispatcher, loader.jobs, spec)
     return Submitted(batch.id, total, tasks, True, tuple(t.job.id for t in loader.jobs))
@@ -242,13 +316,15 @@ def _create_job(
     chat: bool,
     fmt: str = "openai",
     batch_id: str | None = None,
+    revision: str | None = None,
 ) -> Job | str:
     return loading.create_job(
         store,
         kind=kind,
         model=model_ref,
-        revision=spec.revision,
-        queue=queue_for(model_ref, spec.revision),
+        revision=revision,
+        queue=queue_for(model_ref, revision),
+        tenant=spec.tenant,
         template=spec.template,
         params=spec.params.model_dump(mode="json"),
         chunk_size=spec.chunk_size or 0,  # 0 until planned (see open_job)

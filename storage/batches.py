@@ -4,11 +4,12 @@ state for the whole."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from genqueue.storage.db import Store, as_utc
+from genqueue.storage.db import Store, as_utc, utcnow
 from genqueue.storage.errors import BatchNotFound
 from genqueue.storage.models import FINAL_JOB_STATES, Batch, Job, JobState
 from genqueue.storage.status import JobCounts, JobView, job_counts
@@ -97,3 +98,100 @@ def delete_batch(store: Store, batch_id: str) -> None:
         batch = s.get(Batch, batch_id)
         if batch is not None:
             s.delete(batch)
+
+
+# -- batches created through the OpenAI-compatible API --------------------------------
+
+#: Batch phases before its jobs decide its state (Batch.phase).
+VALIDATING, FAILED = "validating", "failed"
+
+
+def get_batch(store: Store, batch_id: str, tenant: str | None) -> Batch:
+    """A batch of `tenant` (any tenant's when None); another tenant's is not found."""
+    with store.read() as s:
+        batch = s.get(Batch, batch_id)
+    if batch is None or (tenant is not None and batch.tenant != tenant):
+        raise BatchNotFound(batch_id)
+    return batch
+
+
+def list_api_batches(
+    store: Store, tenant: str | None, *, after: str | None = None, limit: int = 20
+) -> tuple[list[Batch], bool]:
+    """A page of API-created batches, newest first, and whether more follow."""
+    with store.read() as s:
+        q = select(Batch).where(Batch.endpoint.is_not(None))
+        if tenant is not None:
+            q = q.where(Batch.tenant == tenant)
+        if after:
+            mark = s.get(Batch, after)
+            if mark is None or (tenant is not None and mark.tenant != tenant):
+                raise BatchNotFound(after)
+            q = q.where(
+                (Batch.created_at < mark.created_at)
+                | ((Batch.created_at == mark.created_at) & (Batch.id < mark.id))
+            )
+        q = q.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
+        rows = list(s.scalars(q))
+    return rows[:limit], len(rows) > limit
+
+
+def opened(store: Store, batch_id: str) -> None:
+    """Its input was accepted and its jobs are queued: its jobs' states decide now."""
+    with store.session() as s:
+        s.execute(
+            update(Batch).where(Batch.id == batch_id).values(phase=None, in_progress_at=utcnow())
+        )
+
+
+def refused(store: Store, batch_id: str, errors: list[dict[str, Any]]) -> None:
+    """Its input was refused (nothing of it was queued): the batch failed with `errors`."""
+    with store.session() as s:
+        s.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(phase=FAILED, errors=errors, failed_at=utcnow())
+        )
+
+
+def mark_cancelling(store: Store, batch_id: str) -> None:
+    """Record when cancelling was asked for (once)."""
+    with store.session() as s:
+        s.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.cancelling_at.is_(None))
+            .values(cancelling_at=utcnow())
+        )
+
+
+def find_by_key(store: Store, key: str) -> Batch | None:
+    """The batch created with this idempotency key, if any."""
+    with store.read() as s:
+        return s.scalar(select(Batch).where(Batch.idempotency_key == key))
+
+
+def fail_abandoned(store: Store, *, created_before: datetime) -> list[str]:
+    """API batches still validating with no job left, created before `created_before`:
+    the process reading their file died (its half-loaded jobs were removed as
+    abandoned). They fail, saying so; returns their ids."""
+    with store.session() as s:
+        has_jobs = select(Job.id).where(Job.batch_id == Batch.id).exists()
+        ids = list(
+            s.scalars(
+                select(Batch.id).where(
+                    Batch.phase == VALIDATING, Batch.created_at < created_before, ~has_jobs
+                )
+            )
+        )
+        if ids:
+            message = (
+                "the server stopped while reading the input file; nothing of it was queued. "
+                "Create the batch again"
+            )
+            error = {"code": "server_error", "message": message, "param": None, "line": None}
+            s.execute(
+                update(Batch)
+                .where(Batch.id.in_(ids), Batch.phase == VALIDATING)
+                .values(phase=FAILED, errors=[error], failed_at=utcnow())
+            )
+    return ids

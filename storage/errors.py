@@ -30,6 +30,31 @@ class BatchNotFound(StorageError):
         self.batch_id = batch_id
 
 
+class FileNotFound(StorageError):
+    """Raised when a file id does not exist in the store (or belongs to another tenant)."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"no file {file_id!r} (list files with GET /v1/files)")
+        self.file_id = file_id
+
+
+class ApiKeyNotFound(StorageError):
+    """Raised when an API key id does not exist in the store."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"no API key {key_id!r} (list keys with `genqueue keys list`)")
+        self.key_id = key_id
+
+
+class ModelNotOffered(StorageError):
+    """Raised when a public model name is not in the offered models."""
+
+    def __init__(self, name: str, offered: list[str]) -> None:
+        names = ", ".join(offered) if offered else "none yet (`genqueue models add`)"
+        super().__init__(f"model {name!r} is not offered here; offered models: {names}")
+        self.name = name
+
+
 class SchemaMismatch(StorageError):
     """Raised when the database's schema is not the one this genqueue was built for
     (older: run `genqueue db upgrade`; newer: upgrade genqueue on this host)."""

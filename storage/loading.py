@@ -21,7 +21,16 @@ from genqueue.storage import dialect
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.errors import JobStateError
 from genqueue.storage.lifecycle import finalize_job_in
-from genqueue.storage.models import Batch, Item, Job, JobState, ResultStatus, Task, TaskState
+from genqueue.storage.models import (
+    DEFAULT_TENANT,
+    Batch,
+    Item,
+    Job,
+    JobState,
+    ResultStatus,
+    Task,
+    TaskState,
+)
 from genqueue.storage.results import NewResult, row_values
 from genqueue.storage.text import clean_text
 
@@ -63,9 +72,13 @@ def create_batch(
     meta: dict[str, Any],
     options: dict[str, Any],
     idempotency_key: str | None = None,
+    tenant: str = DEFAULT_TENANT,
+    **api_fields: Any,
 ) -> Batch | str:
     """Insert a batch (its jobs are created as its input names their models). With an
-    idempotency key that already exists, return the existing batch's id instead."""
+    idempotency key that already exists, return the existing batch's id instead.
+    `api_fields` are the OpenAI fields of a batch created through the API (endpoint,
+    completion_window, input_file_id, phase)."""
     if idempotency_key:
         with store.read() as s:
             found = s.scalar(select(Batch.id).where(Batch.idempotency_key == idempotency_key))
@@ -78,6 +91,8 @@ def create_batch(
         meta=meta,
         options=options,
         idempotency_key=idempotency_key,
+        tenant=tenant,
+        **api_fields,
     )
     try:
         with store.session() as s:

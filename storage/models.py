@@ -4,6 +4,11 @@ A *job* is what a user submitted; its *items* are the input records (one each, w
 rendered prompt); *tasks* are chunks of items, the unit a worker leases; a *result* is
 the one stored outcome of an item (first writer wins); an *attempt* records each time a
 worker claimed a task. Leases are columns of the task (owner, token, expiry).
+
+For the HTTP API: every job and batch belongs to a *tenant*; *api_keys* bind a key
+(stored as a hash only) to a tenant; *files* are uploaded inputs kept on disk;
+*offered_models* map public model names to a model; *workers* are live worker processes
+(each heartbeats its row).
 """
 
 from __future__ import annotations
@@ -82,6 +87,14 @@ def _ts() -> Mapped[datetime | None]:
     return mapped_column(DateTime(timezone=True), nullable=True)
 
 
+#: The tenant of everything submitted without an API key (the CLI, the Python client).
+DEFAULT_TENANT = "default"
+
+
+def _tenant() -> Mapped[str]:
+    return mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+
+
 class Batch(Base):
     """The jobs one input became: one per model (and endpoint) it names."""
 
@@ -93,6 +106,22 @@ class Batch(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    tenant: Mapped[str] = _tenant()
+    # -- set for batches created through the OpenAI-compatible API ---------------------
+    #: The endpoint every line must use ("/v1/chat/completions" or "/v1/completions").
+    endpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    completion_window: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    input_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    #: "validating" while its input is being submitted, "failed" when it was refused;
+    #: None once its jobs exist (their states decide).
+    phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Why it failed: [{"code", "message", "line"}, ...].
+    errors: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    in_progress_at: Mapped[datetime | None] = _ts()
+    failed_at: Mapped[datetime | None] = _ts()
+    cancelling_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (Index("ix_batches_tenant_created", "tenant", "created_at"),)
 
 
 class Job(Base):
@@ -128,6 +157,9 @@ class Job(Base):
     batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     #: A Jinja chat template given with the job (instead of the model's own).
     chat_template: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tenant: Mapped[str] = _tenant()
+
+    __table_args__ = (Index("ix_jobs_tenant_created", "tenant", "created_at"),)
 
 
 class Task(Base):
@@ -239,3 +271,65 @@ class Attempt(Base):
     #: When work started (the attempt counted); None: claimed ahead and never started.
     began_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
+
+
+class ApiKey(Base):
+    """An API key bound to a tenant. Only the key's SHA-256 is stored: the key itself is
+    shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = _ts()
+
+
+class StoredFile(Base):
+    """An uploaded file: its row here, its bytes on disk at `path`."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    #: Lines (records) in the file, counted while it was received.
+    lines: Mapped[int] = mapped_column(BigInteger, default=0)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = _ts()
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+
+    __table_args__ = (Index("ix_files_tenant_created", "tenant", "created_at"),)
+
+
+class OfferedModel(Base):
+    """A model the operator offers by a public name (what `body.model` says)."""
+
+    __tablename__ = "offered_models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: The model reference as the operator gave it (hub id, directory, tiny model).
+    model: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    engine: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerRow(Base):
+    """A live worker process: it writes `seen_at` every heartbeat and removes its row
+    when it stops (a killed one's row just goes stale)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    engine: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -77,6 +77,7 @@ class JobView:
             "chat": bool((j.options or {}).get("chat")),
             "chat_template": "job" if j.chat_template else None,
             "batch_id": j.batch_id,
+            "tenant": j.tenant,
             "metadata": j.meta,
             "input": j.input_name,
             "counts": self.counts.to_dict(),
@@ -140,15 +141,81 @@ def view_job(store: Store, job_id: str) -> JobView:
         return JobView(job, job_counts(s, job))
 
 
-def list_jobs(store: Store, limit: int = 50, state: str | None = None) -> list[JobView]:
-    """The newest jobs first (never those still being submitted)."""
+def list_jobs(
+    store: Store,
+    limit: int = 50,
+    state: str | None = None,
+    *,
+    tenant: str | None = None,
+    after: str | None = None,
+) -> list[JobView]:
+    """The newest jobs first (never those still being submitted); only `tenant`'s when
+    given, and only those older than job `after` (the last of the page before)."""
     with store.read() as s:
         q = (
             select(Job)
             .where(Job.state != JobState.SUBMITTING.value)
-            .order_by(Job.created_at.desc())
+            .order_by(Job.created_at.desc(), Job.id.desc())
             .limit(limit)
         )
         if state:
             q = q.where(Job.state == state)
+        if tenant is not None:
+            q = q.where(Job.tenant == tenant)
+        if after:
+            mark = s.get(Job, after)
+            if mark is None or (tenant is not None and mark.tenant != tenant):
+                raise JobNotFound(after)
+            q = q.where(
+                (Job.created_at < mark.created_at)
+                | ((Job.created_at == mark.created_at) & (Job.id < mark.id))
+            )
         return [JobView(j, job_counts(s, j)) for j in s.scalars(q).all()]
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def token_usage(store: Store, job_ids: list[str]) -> TokenUsage:
+    """Tokens used by these jobs' results so far (prompt and generated)."""
+    if not job_ids:
+        return TokenUsage(0, 0)
+    with store.read() as s:
+        row = s.execute(
+            select(
+                func.coalesce(func.sum(Result.prompt_tokens), 0),
+                func.coalesce(func.sum(Result.completion_tokens), 0),
+            ).where(Result.job_id.in_(job_ids))
+        ).one()
+    return TokenUsage(int(row[0]), int(row[1]))
+
+
+@dataclass(frozen=True)
+class TenantLoad:
+    """What a tenant has in flight: unfinished jobs, and their items without a result."""
+
+    live_jobs: int
+    open_items: int
+
+
+def tenant_load(store: Store, tenant: str) -> TenantLoad:
+    live = (JobState.SUBMITTING.value, JobState.QUEUED.value, JobState.RUNNING.value)
+    with store.read() as s:
+        jobs, items = s.execute(
+            select(func.count(), func.coalesce(func.sum(Job.total_items), 0)).where(
+                Job.tenant == tenant, Job.state.in_(live)
+            )
+        ).one()
+        done = s.scalar(
+            select(func.coalesce(func.sum(Task.n_succeeded + Task.n_failed), 0))
+            .join(Job, Job.id == Task.job_id)
+            .where(Job.tenant == tenant, Job.state.in_(live))
+        )
+    return TenantLoad(int(jobs), max(0, int(items) - int(done or 0)))

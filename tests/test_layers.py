@@ -28,6 +28,7 @@ FORBIDDEN = {
     "scheduler": ("worker", "client", "cli"),
     "worker": ("client", "cli"),
     "client": ("worker", "cli"),
+    "api": ("worker", "cli", "client"),
 }
 
 
@@ -94,4 +95,16 @@ def test_only_the_engines_import_torch() -> None:
         "('torch', 'transformers', 'deepspeed'))\n"
         "assert not bad, bad[:10]\n"
         "assert 'genqueue.worker.engines.hf' not in sys.modules\n"
+    )
+
+
+def test_the_api_imports_neither_torch_nor_the_worker() -> None:
+    _run(
+        "import sys\n"
+        "import genqueue.api\n"
+        "app = genqueue.api.create_app\n"
+        + _modules_of("api")
+        + "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "
+        "or m.startswith('genqueue.worker'))\n"
+        "assert not bad, bad[:10]\n"
     )

@@ -8,8 +8,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from genqueue.storage import leases
+from genqueue.storage import leases, workers
 from genqueue.storage.claims import Claim
+from genqueue.storage.db import Store
 
 if TYPE_CHECKING:
     from genqueue.worker.runner import WorkerContext
@@ -58,3 +59,39 @@ class Heartbeat(threading.Thread):
                 self.job_stopped = leases.job_stop_requested(self.ctx.store, self.claim.job_id)
             except Exception as exc:  # a DB hiccup: try again next beat
                 log.warning("task %s: heartbeat failed: %s", self.claim.task_id, exc)
+
+
+class Presence(threading.Thread):
+    """Writes this worker process's heartbeat row (storage/workers.py) every heartbeat
+    interval while it runs, so the API can count the live workers of each model; the
+    row is removed when the process stops."""
+
+    def __init__(
+        self, store: Store, name: str, *, queue: str, model: str, engine: str, every: float
+    ) -> None:
+        super().__init__(daemon=True, name="presence")
+        self.store, self.worker_name = store, name
+        self.queue, self.model, self.engine, self.every = queue, model, engine, every
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                workers.beat(
+                    self.store,
+                    self.worker_name,
+                    queue=self.queue,
+                    model=self.model,
+                    engine=self.engine,
+                )
+            except Exception as exc:  # a DB hiccup: try again next beat
+                log.warning("worker heartbeat failed: %s", exc)
+            if self.done.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+        try:
+            workers.leave(self.store, self.worker_name)
+        except Exception as exc:
+            log.warning("removing the worker's heartbeat row failed: %s", exc)

@@ -36,6 +36,7 @@ from genqueue.settings import Settings
 from genqueue.storage.db import open_store
 from genqueue.storage.errors import SchemaMismatch
 from genqueue.storage.migrate import check_schema
+from genqueue.worker.heartbeat import Presence
 from genqueue.worker.pipeline import Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
 from genqueue.worker.transient import is_transient
@@ -125,6 +126,15 @@ def main(argv: list[str] | None = None) -> None:
         engine.info.device,
         queue,
     )
+    presence = Presence(
+        store,
+        name,
+        queue=queue,
+        model=model_ref,
+        engine=engine.info.engine,
+        every=settings.heartbeat_seconds,
+    )
+    presence.start()
     worker = app.Worker(
         pool="solo",
         concurrency=1,
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         quiet=True,
     )
     worker.start()
+    presence.stop()
     if pipeline is not None:
         pipeline.close()
     engine.close()

@@ -29,10 +29,7 @@ def test_a_childs_environment_carries_every_setting(monkeypatch: pytest.MonkeyPa
 
 
 def test_unset_settings_stay_unset_in_a_child() -> None:
-    env = Settings(database_url=None, broker_url=None, chunk_size=None).child_env()
-    assert not {"GENQUEUE_DATABASE_URL", "GENQUEUE_BROKER_URL", "GENQUEUE_CHUNK_SIZE"} & set(env)
-    assert set(env) == {
-        f"GENQUEUE_{n.upper()}"
-        for n in Settings.model_fields
-        if n not in ("database_url", "broker_url", "chunk_size")
-    }
+    unset = ("database_url", "broker_url", "chunk_size", "files_dir")
+    env = Settings(**dict.fromkeys(unset)).child_env()
+    assert not {f"GENQUEUE_{n.upper()}" for n in unset} & set(env)
+    assert set(env) == {f"GENQUEUE_{n.upper()}" for n in Settings.model_fields if n not in unset}

@@ -1,0 +1,190 @@
+"""The API's errors, and the one place where every genqueue error becomes an HTTP status
+and the body {"error": {"code", "message", "details", "type", "param"}} (both the native
+API's shape and the one the `openai` package parses). Nothing ever answers with a
+traceback: an unexpected exception is logged and answered with a generic 500."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from genqueue.errors import GenqueueError
+from genqueue.scheduler.errors import InputError, SchedulerError
+from genqueue.storage.errors import (
+    ApiKeyNotFound,
+    BatchNotFound,
+    FileNotFound,
+    JobNotFound,
+    JobStateError,
+    ModelNotOffered,
+)
+
+log = logging.getLogger("genqueue.api")
+
+
+class ApiError(GenqueueError):
+    """Raised for a request the API refuses (the root of the API's errors); carries its
+    HTTP status, an error code and, where it applies, a Retry-After."""
+
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        details: Any = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.param, self.details, self.retry_after = param, details, retry_after
+
+
+class BadRequest(ApiError):
+    """Raised for a malformed or unsupported request (400)."""
+
+
+class Unauthorized(ApiError):
+    """Raised when the API key is missing, unknown or revoked (401)."""
+
+    status, code, type = 401, "invalid_api_key", "authentication_error"
+
+
+class NotFound(ApiError):
+    """Raised for an id that does not exist for this tenant (404; never 403)."""
+
+    status, code, type = 404, "not_found", "invalid_request_error"
+
+
+class PayloadTooLarge(ApiError):
+    """Raised when an upload is over the size or line limit (413)."""
+
+    status, code = 413, "payload_too_large"
+
+
+class LimitReached(ApiError):
+    """Raised when a tenant is at one of its limits (429, with Retry-After)."""
+
+    status, code, type = 429, "rate_limit_exceeded", "rate_limit_error"
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+    type: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error response's body."""
+
+    error: ErrorBody
+
+
+#: The error responses every route may answer (for the OpenAPI document).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "Invalid request"),
+        (401, "Missing, unknown or revoked API key"),
+        (404, "No such id for this tenant"),
+        (413, "Upload over the limit"),
+        (429, "A tenant limit is reached"),
+    )
+}
+
+_NOT_FOUND = (JobNotFound, BatchNotFound, FileNotFound, ApiKeyNotFound, ModelNotOffered)
+
+
+def _body(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    details: Any = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    error = {"code": code, "message": message, "details": details, "type": kind, "param": param}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def error_response(exc: GenqueueError) -> JSONResponse:
+    """The response for any error genqueue raises on purpose."""
+    if isinstance(exc, ApiError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return _body(
+            exc.status,
+            exc.code,
+            str(exc),
+            kind=exc.type,
+            details=exc.details,
+            param=exc.param,
+            headers=headers,
+        )
+    if isinstance(exc, _NOT_FOUND):
+        return _body(404, "not_found", str(exc))
+    if isinstance(exc, InputError):
+        problems = [
+            {"line": p.line, "message": p.message, "custom_id": p.custom_id} for p in exc.problems
+        ]
+        details = {"problems": problems, "total_problems": exc.total_problems}
+        return _body(400, "invalid_input", str(exc), details=details)
+    if isinstance(exc, JobStateError):
+        return _body(400, "invalid_state", str(exc))
+    if isinstance(exc, SchedulerError):
+        return _body(400, "invalid_request", str(exc))
+    # A storage or other failure that is not the caller's to fix.
+    log.error("request failed: %s", exc)
+    return _body(
+        500, "server_error", "the server could not complete the request", kind="server_error"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: genqueue errors, request validation, HTTP errors and a
+    catch-all that logs the traceback and answers a generic 500."""
+
+    @app.exception_handler(GenqueueError)
+    async def _genqueue(_: Request, exc: GenqueueError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        text = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:10])
+        param = problems[0]["field"] if problems else None
+        return _body(
+            400, "invalid_request", f"invalid request: {text}", details=problems, param=param
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _body(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _body(
+            500,
+            "server_error",
+            "the server hit an unexpected error; it is logged on the server",
+            kind="server_error",
+        )

@@ -1,0 +1,155 @@
+"""Receiving a multipart upload as a stream: the file part goes to disk chunk by chunk,
+its bytes and lines counted on the way, and an upload over the limit is refused (413)
+as soon as it is, without ever being held in memory. Other form fields are small text
+values, kept in memory up to a small cap."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from fastapi import Request
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import parse_options_header
+
+from genqueue.api.errors import BadRequest, PayloadTooLarge
+
+#: A form field other than the file (purpose, a job spec) is at most this long.
+MAX_FIELD_BYTES = 1 << 20
+#: Room for the multipart framing and small fields on top of the file itself.
+FRAMING_SLACK = 2 << 20
+
+
+@dataclass
+class Upload:
+    """What a multipart request held: its text fields, and its file on disk."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    path: Path | None = None
+    size: int = 0
+    lines: int = 0
+
+
+class _Receiver:
+    def __init__(self, target: Path, max_bytes: int, max_lines: int) -> None:
+        self.target, self.max_bytes, self.max_lines = target, max_bytes, max_lines
+        self.upload = Upload()
+        self.out: IO[bytes] | None = None
+        self._headers: dict[str, str] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._name: str | None = None
+        self._is_file = False
+        self._value = bytearray()
+        self._last = b"\n"
+
+    def callbacks(self) -> Any:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self._headers, self._name, self._is_file = {}, None, False
+        self._value = bytearray()
+
+    def _header_end(self) -> None:
+        name = self._header_field.decode("latin-1").lower()
+        self._headers[name] = self._header_value.decode("latin-1")
+        self._header_field, self._header_value = bytearray(), bytearray()
+
+    def _headers_done(self) -> None:
+        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        raw_name = params.get(b"name")
+        self._name = raw_name.decode() if raw_name else None
+        filename = params.get(b"filename")
+        if filename is not None and self._name == "file":
+            if self.out is not None:
+                raise BadRequest("send one file per upload (the `file` field)", param="file")
+            self._is_file = True
+            self.upload.filename = os.path.basename(filename.decode(errors="replace")) or "upload"
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.out = open(self.target, "wb")  # noqa: SIM115 (closed by receive)
+            self.upload.path = self.target
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if not chunk:
+            return
+        if not self._is_file:
+            self._value.extend(chunk)
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise BadRequest(f"form field {self._name!r} is over {MAX_FIELD_BYTES} bytes")
+            return
+        up = self.upload
+        up.size += len(chunk)
+        if up.size > self.max_bytes:
+            raise PayloadTooLarge(
+                f"the file is over the upload limit of {self.max_bytes} bytes "
+                "(GENQUEUE_API_MAX_UPLOAD_BYTES); split it into several files"
+            )
+        up.lines += chunk.count(b"\n")
+        self._last = chunk[-1:]
+        if up.lines > self.max_lines:
+            raise PayloadTooLarge(
+                f"the file has more than {self.max_lines} lines, the limit per file "
+                "(GENQUEUE_API_MAX_FILE_LINES); split it into several files"
+            )
+        assert self.out is not None
+        self.out.write(chunk)
+
+    def _end(self) -> None:
+        if self._is_file:
+            if self.upload.size and self._last != b"\n":
+                self.upload.lines += 1  # a last line without its newline
+            self._is_file = False
+        elif self._name is not None:
+            self.upload.fields[self._name] = self._value.decode(errors="replace")
+
+
+async def receive(request: Request, target: Path, *, max_bytes: int, max_lines: int) -> Upload:
+    """Stream a multipart/form-data request; its file part (field `file`) lands at
+    `target`. Raises BadRequest or PayloadTooLarge (removing what was written)."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise BadRequest("send the file as multipart/form-data (a `file` field)")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + FRAMING_SLACK:
+        raise PayloadTooLarge(
+            f"the upload is {declared} bytes, over the limit of {max_bytes} bytes "
+            "(GENQUEUE_API_MAX_UPLOAD_BYTES); split it into several files"
+        )
+    receiver = _Receiver(target, max_bytes, max_lines)
+    parser = MultipartParser(boundary, receiver.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        _discard(receiver)
+        raise BadRequest(f"the multipart body cannot be read: {exc}") from exc
+    except BaseException:
+        _discard(receiver)
+        raise
+    finally:
+        if receiver.out is not None:
+            receiver.out.close()
+    return receiver.upload
+
+
+def _discard(receiver: _Receiver) -> None:
+    if receiver.out is not None:
+        receiver.out.close()
+    with contextlib.suppress(OSError):
+        receiver.target.unlink(missing_ok=True)

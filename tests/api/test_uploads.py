@@ -1,0 +1,77 @@
+"""Uploads stream to disk: a file over the limit is refused with 413 while it streams in,
+and the server's memory does not grow with it (its RSS, measured with psutil)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import openai
+import psutil
+import pytest
+
+from tests.api.conftest import LINES_LIMIT, UPLOAD_LIMIT, ApiServer
+
+pytestmark = pytest.mark.slow
+
+#: Long lines, so that the uploads stay under the line limit (tested on its own below).
+CHUNK = (b'{"custom_id": "x", "pad": "' + b"y" * 1000 + b'"}\n') * 64
+
+
+def multipart(total: int, boundary: str = "gqboundary") -> Iterator[bytes]:
+    """A multipart body with a `file` part of `total` bytes, generated as it is sent."""
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    sent = 0
+    while sent < total:
+        part = CHUNK[: total - sent]
+        sent += len(part)
+        yield part
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def test_an_upload_over_the_limit_is_refused_without_growing_memory(
+    api_server: ApiServer,
+) -> None:
+    files_before = sum(len(f) for _, _, f in os.walk(api_server.env["GENQUEUE_FILES_DIR"]))
+    before = rss_mb(api_server.api_pid)
+    headers = {"Content-Type": "multipart/form-data; boundary=gqboundary"}
+    with api_server.http("bob") as http:
+        # Chunked (no Content-Length): counted while it streams, refused past the limit.
+        r = http.post("/v1/files", content=multipart(3 * UPLOAD_LIMIT), headers=headers)
+        assert r.status_code == 413, r.text
+        assert "upload limit" in r.json()["error"]["message"]
+        # A declared Content-Length over the limit is refused before the body is read.
+        body = b"".join(multipart(2 * UPLOAD_LIMIT))
+        r = http.post("/v1/files", content=body, headers=headers)
+        assert r.status_code == 413, r.text
+        del body
+        # Just under the limit is accepted.
+        ok = http.post("/v1/files", content=multipart(UPLOAD_LIMIT - 1000), headers=headers)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["bytes"] == UPLOAD_LIMIT - 1000
+    after = rss_mb(api_server.api_pid)
+    growth = after - before
+    refused = 3 * UPLOAD_LIMIT >> 20
+    print(f"API server RSS {before:.0f} MB -> {after:.0f} MB around a {refused} MB refused upload")
+    assert growth < UPLOAD_LIMIT / 2**20 / 2, (before, after)
+    # The refused uploads left no file behind; the accepted one is there.
+    files_after = sum(len(f) for _, _, f in os.walk(api_server.env["GENQUEUE_FILES_DIR"]))
+    assert files_after == files_before + 1
+
+
+def test_a_file_over_the_line_limit_is_refused(api_server: ApiServer) -> None:
+    client = api_server.openai("bob")
+    with pytest.raises(openai.APIStatusError) as err:
+        client.files.create(file=("many.jsonl", b"{}\n" * (LINES_LIMIT + 1)), purpose="batch")
+    assert err.value.status_code == 413
+    assert "GENQUEUE_API_MAX_FILE_LINES" in err.value.message
+    ok = client.files.create(file=("many.jsonl", b"{}\n" * LINES_LIMIT), purpose="batch")
+    assert ok.bytes == 3 * LINES_LIMIT
