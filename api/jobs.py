@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,7 +22,7 @@ from genqueue.api.errors import ERROR_RESPONSES, BadRequest
 from genqueue.api.limits import check_room
 from genqueue.api.submissions import offered
 from genqueue.api.uploads import receive
-from genqueue.durations import parse_duration
+from genqueue.durations import parse_deadline
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler import exports
 from genqueue.scheduler.dispatch import Dispatcher
@@ -86,19 +86,10 @@ _CREATE_BODY: dict[str, Any] = {
 
 
 def _deadline(text: str | None) -> datetime | timedelta | None:
-    if not text:
-        return None
-    duration = parse_duration(text)
-    if duration is not None:
-        return duration
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(
-            f"deadline {text!r} is neither a duration (30m, 24h, 2d) nor an ISO time",
-            param="deadline",
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return parse_deadline(text)
+    except ValueError as exc:
+        raise BadRequest(f"deadline: {exc}", param="deadline") from None
 
 
 def _spec(ctx: ApiContext, caller: Caller, body: JobCreate, key: str | None) -> JobSpec:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from genqueue import formats, postprocess
+from genqueue import durations, formats, postprocess
 from genqueue.cli.errors import OptionError
 from genqueue.cli.options import OptionGroup, Param
-from genqueue.durations import parse_duration
 from genqueue.params import GenerationParams, field_range
 
 _P = "Generation"
@@ -236,17 +235,8 @@ def _json_object(flag: str, text: str) -> dict[str, Any]:
 
 
 def parse_deadline(text: str | None) -> datetime | timedelta | None:
-    """`90s`, `30m`, `24h`, `2d`, or an ISO 8601 time."""
-    if not text:
-        return None
-    duration = parse_duration(text)
-    if duration is not None:
-        return duration
+    """`--deadline`: `90s`, `30m`, `24h`, `2d`, or an ISO 8601 time."""
     try:
-        when = datetime.fromisoformat(text)
+        return durations.parse_deadline(text)
     except ValueError as exc:
-        raise OptionError(
-            f"--deadline: {text!r} is neither a duration (30m, 24h, 2d) nor an "
-            "ISO time (2026-12-01T08:00:00Z)"
-        ) from exc
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        raise OptionError(f"--deadline: {exc}") from None

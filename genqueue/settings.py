@@ -33,6 +33,10 @@ class InputLimits:
     max_record_bytes: int = 8 * MiB
     #: Nesting depth of objects and arrays inside one record.
     max_nesting_depth: int = 64
+    #: Values (objects, arrays, strings, numbers) in one JSON record, and fields in one
+    #: CSV record: a line of a million tiny values parses into far more memory than its
+    #: bytes, so it is refused before it is parsed.
+    max_record_values: int = 1_000_000
     #: Characters per text field of a record (and per message of a conversation).
     max_field_chars: int = 4_000_000
     #: Characters of one rendered prompt (template output, or a conversation's text).
@@ -87,7 +91,8 @@ class Settings(BaseSettings):
     allow_insecure: bool = False
     #: Input limits (see InputLimits, and the README's "Input limits").
     max_record_bytes: int = Field(_LIMITS.max_record_bytes, ge=1024)
-    max_nesting_depth: int = Field(_LIMITS.max_nesting_depth, ge=2, le=10_000)
+    max_nesting_depth: int = Field(_LIMITS.max_nesting_depth, ge=2, le=900)
+    max_record_values: int = Field(_LIMITS.max_record_values, ge=16)
     max_field_chars: int = Field(_LIMITS.max_field_chars, ge=16)
     max_prompt_chars: int = Field(_LIMITS.max_prompt_chars, ge=16)
     max_input_bytes: int = Field(_LIMITS.max_input_bytes, ge=1024)

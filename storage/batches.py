@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from genqueue.storage.db import Store, as_utc, utcnow
 from genqueue.storage.errors import BatchNotFound
 from genqueue.storage.models import FINAL_JOB_STATES, Batch, Job, JobState
-from genqueue.storage.status import JobCounts, JobView, job_counts
+from genqueue.storage.status import JobCounts, JobView, job_counts, older_than
 
 
 def batch_state(states: list[str]) -> str:
@@ -124,13 +124,7 @@ def list_api_batches(
         if tenant is not None:
             q = q.where(Batch.tenant == tenant)
         if after:
-            mark = s.get(Batch, after)
-            if mark is None or (tenant is not None and mark.tenant != tenant):
-                raise BatchNotFound(after)
-            q = q.where(
-                (Batch.created_at < mark.created_at)
-                | ((Batch.created_at == mark.created_at) & (Batch.id < mark.id))
-            )
+            q = q.where(older_than(s, Batch, after, tenant, BatchNotFound))
         q = q.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
         rows = list(s.scalars(q))
     return rows[:limit], len(rows) > limit

@@ -163,14 +163,22 @@ def list_jobs(
         if tenant is not None:
             q = q.where(Job.tenant == tenant)
         if after:
-            mark = s.get(Job, after)
-            if mark is None or (tenant is not None and mark.tenant != tenant):
-                raise JobNotFound(after)
-            q = q.where(
-                (Job.created_at < mark.created_at)
-                | ((Job.created_at == mark.created_at) & (Job.id < mark.id))
-            )
+            q = q.where(older_than(s, Job, after, tenant, JobNotFound))
         return [JobView(j, job_counts(s, j)) for j in s.scalars(q).all()]
+
+
+def older_than(
+    s: Session, model: Any, after: str, tenant: str | None, missing: type[Exception]
+) -> Any:
+    """The cursor of a newest-first page (jobs, batches): the rows after row `after`,
+    the last of the page before, by (created_at, id). A row that does not exist, or is
+    another tenant's, raises `missing(after)`."""
+    mark = s.get(model, after)
+    if mark is None or (tenant is not None and mark.tenant != tenant):
+        raise missing(after)
+    return (model.created_at < mark.created_at) | (
+        (model.created_at == mark.created_at) & (model.id < mark.id)
+    )
 
 
 @dataclass(frozen=True)

@@ -161,3 +161,10 @@ def _finite_float(text: str) -> float:
 
 #: One decoder for every line (json.loads with hooks would build one per call).
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def too_many_values(count: int, limits: InputLimits, *, what: str = "values") -> str:
+    return (
+        f"the record holds more than {limits.max_record_values:,} {what} ({count:,} "
+        "separators); at most that many are allowed (GENQUEUE_MAX_RECORD_VALUES)"
+    )

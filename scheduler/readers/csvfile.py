@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from genqueue.scheduler.errors import InputFormatError, LineProblem
-from genqueue.scheduler.readers.checks import record_too_large, text_problem
+from genqueue.scheduler.readers.checks import record_too_large, text_problem, too_many_values
 from genqueue.scheduler.readers.source import InputTooLarge, Records
 from genqueue.settings import InputLimits
 
@@ -23,14 +23,21 @@ class _RecordTooLarge(Exception):
         self.size = size
 
 
+class _RecordTooWide(Exception):
+    def __init__(self, commas: int) -> None:
+        self.commas = commas
+
+
 class _BoundedLines:
     """Physical lines for the csv module, none read past `max_record_bytes`, and no
     record (which quoted newlines can spread over lines) longer than that in all."""
 
-    def __init__(self, text: IO[str], limit: int) -> None:
+    def __init__(self, text: IO[str], limit: int, max_fields: int) -> None:
         self.text = text
         self.limit = limit
+        self.max_fields = max_fields
         self.pending = 0  # bytes of the record being read so far
+        self.commas = 0  # and its commas: fields, before the csv module makes them
 
     def __iter__(self) -> Iterator[str]:
         while True:
@@ -43,6 +50,10 @@ class _BoundedLines:
             self.pending += size
             if self.pending > self.limit:
                 raise _RecordTooLarge(self.pending)
+            if self.pending > self.max_fields:  # only then can it hold that many fields
+                self.commas += line.count(",")
+                if self.commas >= self.max_fields:
+                    raise _RecordTooWide(self.commas)
             yield line
 
 
@@ -60,7 +71,7 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
         newline="",
     )
     try:
-        lines = _BoundedLines(text, limits.max_record_bytes)
+        lines = _BoundedLines(text, limits.max_record_bytes, limits.max_record_values)
         reader = csv.reader(iter(lines))
         try:
             header = _csv_header(reader, name)
@@ -69,7 +80,7 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
             raise InputFormatError(f"{name}: line 1: the header {too_large}") from None
         end = reader.line_num
         while True:
-            lines.pending = 0
+            lines.pending = lines.commas = 0
             try:
                 row = next(reader)
             except StopIteration:
@@ -83,6 +94,10 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
                 return
             except InputTooLarge as exc:
                 yield end + 1, LineProblem(end + 1, str(exc), fatal=True)
+                return
+            except _RecordTooWide as exc:
+                problem = too_many_values(exc.commas, limits, what="fields")
+                yield end + 1, LineProblem(end + 1, problem + "; reading stopped here", fatal=True)
                 return
             except csv.Error as exc:
                 yield end + 1, LineProblem(end + 1, _csv_error(exc, limits), fatal=True)

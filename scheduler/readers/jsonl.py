@@ -11,7 +11,12 @@ import json
 from typing import IO, Any
 
 from genqueue.scheduler.errors import InputFormatError, LineProblem
-from genqueue.scheduler.readers.checks import load_json, record_problem, record_too_large
+from genqueue.scheduler.readers.checks import (
+    load_json,
+    record_problem,
+    record_too_large,
+    too_many_values,
+)
 from genqueue.scheduler.readers.source import READ_CHUNK, InputTooLarge, Records
 from genqueue.settings import InputLimits
 
@@ -60,6 +65,12 @@ def _skip_line(stream: IO[bytes]) -> int:
 
 
 def _parse_line(body: bytes, line: int, last: bool, limits: InputLimits) -> Any:
+    if len(body) > limits.max_record_values:  # only then can it hold that many values
+        # Every value but the first follows a comma; ':' and brackets add none. Commas
+        # inside strings count too, so this over-counts prose, never under-counts.
+        separators = body.count(b",")
+        if separators >= limits.max_record_values:
+            return LineProblem(line, too_many_values(separators, limits))
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

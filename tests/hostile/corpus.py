@@ -64,6 +64,21 @@ def moderate_nesting(tmp: Path) -> Path:
     return path
 
 
+def wide_json_record(tmp: Path) -> Path:
+    """8 MB of empty objects in one line (under the line limit): parsed, it would take
+    25x its size."""
+    path = tmp / "wide.jsonl"
+    path.write_bytes(b'{"prompt": "a", "x": [' + b"{}," * 2_700_000 + b"{}]}\n")
+    return path
+
+
+def wide_csv_record(tmp: Path) -> Path:
+    """A CSV record of 2,700,000 two-letter fields (8 MB)."""
+    path = tmp / "wide.csv"
+    path.write_bytes(b"prompt\n" + b"ab," * 2_700_000 + b"\n")
+    return path
+
+
 def short_reviews(tmp: Path) -> Path:
     """Two 4-character reviews, for templates that try to amplify them."""
     path = tmp / "reviews.jsonl"

@@ -179,6 +179,20 @@ def test_moderate_nesting(tmp_path: Path, db: Path, model: list[str], baseline_r
 
 
 @pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (corpus.wide_json_record, "line 1: the record holds more than 1,000,000 values"),
+        (corpus.wide_csv_record, "line 2: the record holds more than 1,000,000 fields"),
+    ],
+)
+def test_wide_records_are_refused_before_parsing(
+    tmp_path: Path, db: Path, model: list[str], baseline_rss: int, case: object, expected: str
+) -> None:
+    got = submit(db, case(tmp_path), *model)  # type: ignore[operator]
+    check_rejected(got, db, baseline_rss, expected, "(GENQUEUE_MAX_RECORD_VALUES)")
+
+
+@pytest.mark.parametrize(
     ("template", "expected"),
     [
         ("{review:>100000000}", "asks for a width of 100,000,000; at most 1000"),
