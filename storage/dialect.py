@@ -286,5 +286,16 @@ def analyze(bind: Session | Connection, tables: Sequence[str]) -> None:
             _conn(bind).execute(text(f"ANALYZE {table}"))
 
 
+def insert_new(bind: Session | Connection, table: Any) -> Any:
+    """An INSERT that skips rows whose primary key exists already (ON CONFLICT DO
+    NOTHING, which SQLite and PostgreSQL both speak): for rows that several processes
+    may write at once, where the first writer wins."""
+    if backend(bind) == POSTGRES:
+        return postgresql.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
 def _conn(bind: Session | Connection) -> Connection:
     return bind.connection() if isinstance(bind, Session) else bind

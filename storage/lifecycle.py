@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from genqueue.storage import dialect
@@ -84,7 +84,9 @@ def delete_job(store: Store, job_id: str) -> None:
 
 
 def _fill_missing_results(s: Session, job_id: str, status: ResultStatus, message: str) -> None:
-    """Give every item without a result a final `status` result (cancelled/expired)."""
+    """Give every item without a result a final `status` result (cancelled/expired).
+    Two processes may end a job at once (a cancel through the API, the reconciler):
+    a row the other wrote first is kept."""
     now = utcnow()
     code = "job_cancelled" if status is ResultStatus.CANCELLED else "job_expired"
     missing = (
@@ -97,7 +99,7 @@ def _fill_missing_results(s: Session, job_id: str, status: ResultStatus, message
     rows = s.execute(missing).all()
     if rows:
         s.execute(
-            insert(Result),
+            dialect.insert_new(s, Result.__table__),
             [
                 {
                     "job_id": r.job_id,

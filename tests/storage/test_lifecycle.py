@@ -71,3 +71,36 @@ def test_a_job_being_submitted_cannot_be_cancelled_or_written_once_removed(
     items = [loading.NewItem(idx=0, line=1, custom_id="c0", prompt="p0")]
     with pytest.raises(StorageError, match="removed while it was being submitted"):
         loading.add_chunk(store, job, items, [[0]])
+
+
+def test_two_processes_ending_a_cancelled_job_at_once(store: Store) -> None:
+    """A cancel through the API and the reconciler may end the same job together: both
+    fill the missing results; the rows the other wrote first are kept, nothing raises.
+    (Found under load: the second INSERT hit the primary key.)"""
+    import threading
+
+    for _ in range(5):
+        job = make_job(store, n=400, chunk=100)
+        assert lifecycle.request_cancel(store, job.id)
+        start = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def end(
+            job_id: str = job.id,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait()
+            try:
+                lifecycle.finalize_job(store, job_id)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=end) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        view = status.view_job(store, job.id)
+        assert view.job.state == "cancelled" and view.counts.cancelled == 400
