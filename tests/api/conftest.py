@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, unavailable
+from tests.conftest import fresh_pg_database
 from tests.services import free_port
 
 GQ = [sys.executable, "-m", "genqueue.cli"]
@@ -80,18 +79,8 @@ class ApiServer:
 
 @pytest.fixture(scope="session")
 def api_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"gq_api_{uuid.uuid4().hex[:10]}"
-    admin_url = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    try:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", exc)
-    yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("gq_api") as url:
+        yield url
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
