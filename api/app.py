@@ -3,6 +3,7 @@ the error handlers. Built by `create_app` at the process edge, never at import."
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -10,10 +11,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from genqueue.api import errors, jobs, models, openai_batches, openai_files
+from genqueue.api import errors, jobs, metrics, models, openai_batches, openai_files
 from genqueue.api.deps import ApiContext
 from genqueue.protocol import cache_dir
 from genqueue.scheduler.dispatch import Dispatcher
+from genqueue.scheduler.webhooks import Deliverer
 from genqueue.settings import Settings
 from genqueue.storage.db import Store, open_store
 
@@ -42,9 +44,15 @@ def create_app(
         background=ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="gq-submit"),
     )
 
+    # -- metrics and webhooks: /metrics, and the webhook deliverer beside the API ---------
+    stop_webhooks = threading.Event()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        deliverer = Deliverer(ctx.store, settings).start(stop_webhooks)
         yield
+        stop_webhooks.set()
+        deliverer.join(timeout=settings.webhook_timeout_seconds + 5)
         ctx.background.shutdown(wait=True, cancel_futures=False)
         if ctx.dispatcher is not None:
             ctx.dispatcher.close()
@@ -61,4 +69,5 @@ def create_app(
     errors.install(app)
     for module in (openai_files, openai_batches, models, jobs):
         app.include_router(module.router)
+    app.include_router(metrics.router)  # /metrics (see api/metrics.py)
     return app

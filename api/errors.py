@@ -24,6 +24,7 @@ from genqueue.storage.errors import (
     JobStateError,
     ModelNotOffered,
 )
+from genqueue.webhooks import WebhookUrlError
 
 log = logging.getLogger("genqueue.api")
 
@@ -140,6 +141,8 @@ def error_response(exc: GenqueueError) -> JSONResponse:
         ]
         details = {"problems": problems, "total_problems": exc.total_problems}
         return _body(400, "invalid_input", str(exc), details=details)
+    if isinstance(exc, WebhookUrlError):
+        return _body(400, "invalid_request", str(exc), param=exc.field)
     if isinstance(exc, JobStateError):
         return _body(400, "invalid_state", str(exc))
     if isinstance(exc, SchedulerError):

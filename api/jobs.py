@@ -20,14 +20,14 @@ from genqueue import formats
 from genqueue.api.deps import ApiContext, Caller, Ctx, IdempotencyKey, scope
 from genqueue.api.errors import ERROR_RESPONSES, BadRequest
 from genqueue.api.limits import check_room
-from genqueue.api.submissions import offered
+from genqueue.api.submissions import offered, webhook_url
 from genqueue.api.uploads import receive
 from genqueue.durations import parse_deadline
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler import exports
 from genqueue.scheduler.dispatch import Dispatcher
 from genqueue.scheduler.submit import JobSpec, submit_job
-from genqueue.storage import batches, lifecycle
+from genqueue.storage import batches, lifecycle, outbox
 from genqueue.storage.db import aware, utcnow
 from genqueue.storage.dispatch import queued_tasks
 from genqueue.storage.errors import JobNotFound
@@ -62,6 +62,11 @@ class JobCreate(BaseModel):
     chat: bool = False
     system: str | None = Field(None, max_length=100_000)
     format: str | None = Field(None, max_length=16, description="jsonl, csv, parquet, openai")
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="POSTed a signed event when the job ends (default: the tenant's endpoint)",
+    )
     records: list[dict[str, Any]] | None = Field(None, max_length=MAX_INLINE_RECORDS)
 
 
@@ -115,6 +120,7 @@ def _spec(ctx: ApiContext, caller: Caller, body: JobCreate, key: str | None) -> 
         tenant=caller.tenant,
         offered=offered(ctx),
         limits=ctx.settings.input_limits(),
+        webhook_url=webhook_url(ctx, caller.tenant, body.webhook_url, field="webhook_url"),
     )
 
 
@@ -328,6 +334,14 @@ def get_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """A job's (or batch's) state, counts, token usage, items/s, ETA, timestamps and
     provenance."""
     return _status(ctx, caller, job_id)
+
+
+@router.get("/{job_id}/webhooks")
+def job_webhooks(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
+    """The webhook events of a job (or batch, OpenAI batches included) and every
+    delivery attempt of each: time, HTTP status, error, duration."""
+    _jobs_of(ctx, caller, job_id)
+    return {"object": "list", "data": outbox.deliveries_for_job(ctx.store, job_id)}
 
 
 ResultFormat = Literal["jsonl", "csv", "parquet", "openai"]

@@ -15,7 +15,7 @@ from genqueue.api.deps import ApiContext, Caller, Ctx, IdempotencyKey, scope
 from genqueue.api.errors import ERROR_RESPONSES, BadRequest
 from genqueue.api.limits import check_room
 from genqueue.api.schemas import BatchCreate, BatchList, BatchObject
-from genqueue.api.submissions import cancel_jobs, submit_batch_file
+from genqueue.api.submissions import cancel_jobs, submit_batch_file, webhook_url
 from genqueue.scheduler.openai_format import ENDPOINTS
 from genqueue.storage import batches, files, loading
 from genqueue.storage.errors import BatchNotFound
@@ -23,6 +23,10 @@ from genqueue.storage.models import Batch
 from genqueue.storage.status import TokenUsage, token_usage
 
 router = APIRouter(prefix="/v1/batches", tags=["OpenAI batches"], responses=ERROR_RESPONSES)
+
+#: The metadata key that gives a batch its own webhook URL (OpenAI configures webhooks
+#: per project; genqueue per tenant, or per batch with this key).
+WEBHOOK_METADATA_KEY = "webhook_url"
 
 
 #: A running batch's token usage is summed over its results at most this often (the
@@ -94,6 +98,12 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
         if existing is not None:
             return render(ctx, existing)
     check_room(ctx.store, ctx.settings, caller.tenant, items=source.lines)
+    hook = webhook_url(
+        ctx,
+        caller.tenant,
+        (body.metadata or {}).get(WEBHOOK_METADATA_KEY),
+        field=f"metadata.{WEBHOOK_METADATA_KEY}",
+    )
     created = loading.create_batch(
         ctx.store,
         input_name=source.filename,
@@ -105,6 +115,7 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
         completion_window=body.completion_window,
         input_file_id=source.id,
         phase=batches.VALIDATING,
+        webhook_url=hook,
     )
     if isinstance(created, str):  # the same key won a race
         return render(ctx, batches.get_batch(ctx.store, created, None))

@@ -19,19 +19,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from genqueue.durations import parse_duration
-from genqueue.storage.batches import FAILED, VALIDATING, BatchView
+from genqueue.storage.batches import FAILED, OPENAI_FINAL_STATUS, VALIDATING, BatchView
 from genqueue.storage.db import as_utc
 from genqueue.storage.models import Batch, JobState
 from genqueue.storage.status import TokenUsage
 
 #: genqueue's final batch states and the OpenAI status of each.
-_FINAL = {
-    JobState.COMPLETED.value: "completed",
-    JobState.COMPLETED_WITH_ERRORS.value: "completed",
-    JobState.FAILED.value: "completed",  # the batch ran; each line has its error
-    JobState.CANCELLED.value: "cancelled",
-    JobState.EXPIRED.value: "expired",
-}
+_FINAL = OPENAI_FINAL_STATUS
 #: Statuses after which a batch changes no more.
 TERMINAL = frozenset({"failed", "completed", "cancelled", "expired"})
 

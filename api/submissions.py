@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from genqueue.api.deps import ApiContext
+from genqueue.api.errors import BadRequest
 from genqueue.scheduler.errors import InputError, SubmissionError
 from genqueue.scheduler.submit import JobSpec, Offered, submit_job
-from genqueue.storage import batches, catalog, lifecycle
+from genqueue.storage import batches, catalog, lifecycle, webhooks
 from genqueue.storage.errors import JobStateError
+from genqueue.webhooks import check_url
 
 log = logging.getLogger("genqueue.api")
 
@@ -21,6 +23,21 @@ log = logging.getLogger("genqueue.api")
 def offered(ctx: ApiContext) -> dict[str, Offered]:
     """The models API callers may name: the operator's offered models."""
     return {m.name: Offered(m.model, m.revision) for m in catalog.offered_models(ctx.store)}
+
+
+def webhook_url(ctx: ApiContext, tenant: str, url: str | None, *, field: str) -> str | None:
+    """A submission's webhook URL, checked (http/https, no credentials), for a tenant
+    that has a signing secret to sign its events with (BadRequest naming `field`)."""
+    if url is None:
+        return None
+    check_url(url, field=field)
+    if webhooks.get_endpoint(ctx.store, tenant) is None:
+        raise BadRequest(
+            f"{field}: tenant {tenant!r} has no webhook signing secret yet; the operator "
+            f"creates one with `genqueue webhooks set --tenant {tenant}`",
+            param=field,
+        )
+    return url
 
 
 def problem_list(exc: SubmissionError) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from genqueue.cli import (  # noqa: F401 (they register)
     db_commands,
     job_commands,
     service_commands,
+    webhook_commands,
 )
 from genqueue.cli.app import app, main
 

@@ -76,5 +76,10 @@ def scheduler(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from genqueue.scheduler.webhooks import Deliverer
+
     err.print("reconciler running (Ctrl-C to stop)")
-    Reconciler(open_store(s.database_url), Dispatcher(s.broker_url), s).run(stop)
+    store = open_store(s.database_url)
+    delivering = Deliverer(store, s).start(stop)  # webhooks, beside the reconciler
+    Reconciler(store, Dispatcher(s.broker_url), s).run(stop)
+    delivering.join(timeout=s.webhook_timeout_seconds + 5)

@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     #: Where uploaded files are kept (default: `files/` in GENQUEUE_HOME).
     files_dir: str | None = None
 
+    # -- metrics and webhooks ------------------------------------------------------------
+    #: Serve /metrics without an API key (for a Prometheus on a private network). Off:
+    #: /metrics needs an admin key (`Authorization: Bearer <admin key>`).
+    metrics_public: bool = False
+    #: A webhook request that has not answered within this long failed (it is retried).
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: The first retry's delay; each later one doubles it (with jitter), up to
+    #: webhook_backoff_max_seconds.
+    webhook_backoff_seconds: float = Field(5.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0)
+    #: An event not delivered this long after it happened is given up (state `failed`).
+    webhook_retry_seconds: float = Field(72 * 3600.0, gt=0)
+    #: How often a deliverer looks for events due.
+    webhook_poll_seconds: float = Field(1.0, gt=0)
+
     @classmethod
     def from_env(cls) -> Settings:
         """The environment's settings; a bad value raises SettingsError naming its

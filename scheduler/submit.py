@@ -90,6 +90,8 @@ class JobSpec:
     #: OpenAI lines: store into this batch, created by the caller (it is kept, and not
     #: deleted, when the input is refused: the caller records why).
     batch_id: str | None = None
+    #: Where the job's end is announced (see storage/webhooks.py); checked by the caller.
+    webhook_url: str | None = None
 
     @property
     def sizing(self) -> Sizing:
@@ -232,6 +234,7 @@ def _submit_batch(
             options={"format": "openai"},
             idempotency_key=spec.idempotency_key,
             tenant=spec.tenant,
+            webhook_url=spec.webhook_url,
         )
     if isinstance(batch, str):
         view = batches.view_batch(store, batch)
@@ -335,6 +338,7 @@ def _create_job(
         deadline_at=_deadline(spec),
         batch_id=batch_id,
         chat_template=spec.chat_template if chat else None,
+        webhook_url=spec.webhook_url,
         options={
             "truncate": spec.truncate,
             "trust_remote_code": spec.trust_remote_code,

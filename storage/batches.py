@@ -14,6 +14,16 @@ from genqueue.storage.errors import BatchNotFound
 from genqueue.storage.models import FINAL_JOB_STATES, Batch, Job, JobState
 from genqueue.storage.status import JobCounts, JobView, job_counts, older_than
 
+#: genqueue's final batch states and the OpenAI Batch status of each (the one mapping:
+#: the OpenAI API's statuses and the `batch.*` webhook events are derived from it).
+OPENAI_FINAL_STATUS = {
+    JobState.COMPLETED.value: "completed",
+    JobState.COMPLETED_WITH_ERRORS.value: "completed",
+    JobState.FAILED.value: "completed",  # the batch ran; each line has its error
+    JobState.CANCELLED.value: "cancelled",
+    JobState.EXPIRED.value: "expired",
+}
+
 
 def batch_state(states: list[str]) -> str:
     """One state for a batch's jobs: queued until one starts, running until all end;
@@ -139,13 +149,17 @@ def opened(store: Store, batch_id: str) -> None:
 
 
 def refused(store: Store, batch_id: str, errors: list[dict[str, Any]]) -> None:
-    """Its input was refused (nothing of it was queued): the batch failed with `errors`."""
+    """Its input was refused (nothing of it was queued): the batch failed with `errors`
+    (and its `batch.failed` webhook event is written with it)."""
+    from genqueue.storage.webhooks import batch_failed  # (it imports this module)
+
     with store.session() as s:
         s.execute(
             update(Batch)
             .where(Batch.id == batch_id)
             .values(phase=FAILED, errors=errors, failed_at=utcnow())
         )
+        batch_failed(s, [batch_id])
 
 
 def mark_cancelling(store: Store, batch_id: str) -> None:
@@ -188,4 +202,7 @@ def fail_abandoned(store: Store, *, created_before: datetime) -> list[str]:
                 .where(Batch.id.in_(ids), Batch.phase == VALIDATING)
                 .values(phase=FAILED, errors=[error], failed_at=utcnow())
             )
+            from genqueue.storage.webhooks import batch_failed  # (it imports this module)
+
+            batch_failed(s, ids)
     return ids

@@ -14,10 +14,14 @@ never each hold what the other waits for:
    SHARE locks that inserting items and results takes through their foreign keys, so
    two workers finishing tasks of one job do not deadlock on them).
 
-Nothing locks a job row and then one of its tasks. Cancelling a job updates its tasks
-before the job row for the same reason. SQLite has a single writer at a time (every
-write transaction starts with BEGIN IMMEDIATE and waits for the lock), so row locks
-are no-ops there and the order holds trivially.
+3. then, when a job of an OpenAI batch ends, its batch row (FOR NO KEY UPDATE, in
+   `webhooks.job_ended`): the jobs of one batch ending at once queue there, so exactly
+   one sees the whole batch ended and writes its webhook event.
+
+Nothing locks a job row and then one of its tasks, nor a batch row and then a job.
+Cancelling a job updates its tasks before the job row for the same reason. SQLite has
+a single writer at a time (every write transaction starts with BEGIN IMMEDIATE and
+waits for the lock), so row locks are no-ops there and the order holds trivially.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 "Finalise" means one thing: a job with no open task moves to its final state
 (completed, completed_with_errors, failed, cancelled). Any process may call it at any
-time; the conditional update makes it happen once.
+time; the conditional update makes it happen once. Every move to a final state (here
+and in `expire_job`) writes its webhook event in the same transaction (webhooks.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from genqueue.storage import dialect
+from genqueue.storage import dialect, webhooks
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.errors import JobStateError, StorageError
 from genqueue.storage.models import (
@@ -159,6 +160,7 @@ def finalize_job_in(s: Session, job_id: str) -> str | None:
     job.finished_at = now
     if job.started_at is None:
         job.started_at = now
+    webhooks.job_ended(s, job)  # the outbox row commits with the final state
     return state.value
 
 
@@ -184,6 +186,7 @@ def expire_job(store: Store, job_id: str) -> bool:
         )
         job.state = JobState.EXPIRED.value
         job.finished_at = utcnow()
+        webhooks.job_ended(s, job)
         return True
 
 

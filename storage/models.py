@@ -9,6 +9,10 @@ For the HTTP API: every job and batch belongs to a *tenant*; *api_keys* bind a k
 (stored as a hash only) to a tenant; *files* are uploaded inputs kept on disk;
 *offered_models* map public model names to a model; *workers* are live worker processes
 (each heartbeats its row).
+
+Webhooks: *webhook_endpoints* hold a tenant's default URL and signing secret;
+*webhook_events* is the outbox (one row per event, written in the transaction that ends
+the job or batch); *webhook_deliveries* records every attempt to deliver one.
 """
 
 from __future__ import annotations
@@ -120,6 +124,8 @@ class Batch(Base):
     in_progress_at: Mapped[datetime | None] = _ts()
     failed_at: Mapped[datetime | None] = _ts()
     cancelling_at: Mapped[datetime | None] = _ts()
+    #: Where its end is announced (None: the tenant's default endpoint, if any).
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_batches_tenant_created", "tenant", "created_at"),)
 
@@ -158,6 +164,8 @@ class Job(Base):
     #: A Jinja chat template given with the job (instead of the model's own).
     chat_template: Mapped[str | None] = mapped_column(Text, nullable=True)
     tenant: Mapped[str] = _tenant()
+    #: Where its end is announced (None: the tenant's default endpoint, if any).
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant", "created_at"),)
 
@@ -333,3 +341,60 @@ class WorkerRow(Base):
     engine: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook settings: its default URL (optional) and the secret every
+    event to the tenant is signed with (`whsec_` + base64 of 32 random bytes)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookEvent(Base):
+    """The outbox: an event to deliver (at least once) to `url`. `body` is the exact
+    JSON that is signed and sent."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evt_...
+    tenant: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    #: pending (to send), delivered, failed (gave up after the retry window).
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: A deliverer holds the event until then (it is sending it).
+    lease_until: Mapped[datetime | None] = _ts()
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    delivered_at: Mapped[datetime | None] = _ts()
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_webhook_events_state_next", "state", "next_attempt_at"),)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver an event: when, the HTTP status (None: no answer), the
+    error and how long it took."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float)
