@@ -29,6 +29,13 @@ UPLOAD_LIMIT = 24 << 20
 QUEUED_ITEMS_LIMIT = 3000
 #: Lines per uploaded file the test server accepts.
 LINES_LIMIT = 200_000
+#: Webhook retries in fractions of a second (test_webhooks.py).
+WEBHOOKS_FAST = {
+    "GENQUEUE_WEBHOOK_BACKOFF_SECONDS": "0.2",
+    "GENQUEUE_WEBHOOK_BACKOFF_MAX_SECONDS": "1",
+    "GENQUEUE_WEBHOOK_POLL_SECONDS": "0.2",
+    "GENQUEUE_WEBHOOK_TIMEOUT_SECONDS": "2",
+}
 
 
 @dataclass
@@ -152,6 +159,7 @@ def api_server(
         "GENQUEUE_API_MAX_LIVE_JOBS": "50",
         "GENQUEUE_API_MAX_QUEUED_ITEMS": str(QUEUED_ITEMS_LIMIT),
         "GENQUEUE_API_MAX_FILE_LINES": str(LINES_LIMIT),
+        **WEBHOOKS_FAST,
         "OMP_NUM_THREADS": "1",
     }
     store = open_store(api_database)
