@@ -24,6 +24,7 @@ class Receiver:
     failing: bool = False
     requests: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
@@ -36,11 +37,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                failed = sum(1 for r in receiver.requests if r.status >= 300)
-                bad = receiver.failing or failed < receiver.fail_first
-                status = 500 if bad else 200
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                receiver.requests.append(Received(self.path, headers, body, status))
+                with receiver._lock:  # concurrent requests: exactly fail_first fail
+                    failed = sum(1 for r in receiver.requests if r.status >= 300)
+                    bad = receiver.failing or failed < receiver.fail_first
+                    status = 500 if bad else 200
+                    receiver.requests.append(Received(self.path, headers, body, status))
                 self.send_response(status)
                 self.send_header("content-length", "2")
                 self.end_headers()
