@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -43,10 +43,13 @@ class SqlCollector(Collector):
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
+        self.finished = metrics.FinishedJobs()
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
-        snap = metrics.snapshot(self.ctx.store, live_within=self.ctx.settings.lease_seconds)
+        snap = metrics.snapshot(
+            self.ctx.store, live_within=self.ctx.settings.lease_seconds, finished=self.finished
+        )
         jobs = GaugeMetricFamily("genqueue_jobs", "Jobs by state", labels=["state"])
         for state, n in sorted(snap.jobs.items()):
             jobs.add_metric([state], n)
@@ -140,7 +143,8 @@ class SqlCollector(Collector):
 
 
 def registry(ctx: ApiContext) -> CollectorRegistry:
-    """A registry of this app's own (never the process-global one)."""
+    """A registry of this app's own (never the process-global one); the app keeps it
+    (`app.state.metrics`), so final jobs' figures are read once."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(SqlCollector(ctx))
     return reg
@@ -148,7 +152,9 @@ def registry(ctx: ApiContext) -> CollectorRegistry:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics_route(
-    ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    ctx: Ctx,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Response:
     """Prometheus metrics (text format 0.0.4)."""
     if not ctx.settings.metrics_public:
@@ -158,4 +164,7 @@ def metrics_route(
                 "/metrics needs an admin API key (`genqueue keys create --admin`), or "
                 "GENQUEUE_METRICS_PUBLIC=true on the server for a private network"
             )
-    return Response(generate_latest(registry(ctx)), media_type=CONTENT_TYPE_LATEST)
+    reg = getattr(request.app.state, "metrics", None)
+    if reg is None:
+        reg = request.app.state.metrics = registry(ctx)
+    return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)

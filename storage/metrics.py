@@ -4,7 +4,9 @@ Every figure is derived from the rows every process writes (jobs, tasks, results
 attempts, workers' heartbeats, the webhook outbox), never from counters kept in one
 process's memory: any API process on any host reports the same numbers for the whole
 deployment, and a restart loses nothing. The price is a few aggregate queries per
-scrape, two of them over `results` (see README, "Metrics").
+scrape; those over `results` read only the rows of jobs still running, plus each final
+job's once per process (`FinishedJobs`: its figures no longer change). See README,
+"Metrics".
 
 Micro-batch latency comes from the results too: a worker stores each item of a
 micro-batch with the same `latency_ms` (the batch's time divided by its size), under its
@@ -14,14 +16,16 @@ micro-batch and latency_ms x rows is its duration.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.models import (
+    FINAL_JOB_STATES,
     OPEN_TASK_STATES,
     Attempt,
     Job,
@@ -68,41 +72,92 @@ class Snapshot:
     webhook_events: dict[str, int] = field(default_factory=dict)
 
 
-def snapshot(store: Store, *, live_within: float) -> Snapshot:
+@dataclass
+class JobFigures:
+    """One job's share of the result-derived figures."""
+
+    items: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(BATCH_BUCKETS))
+    batches: int = 0
+    seconds: float = 0.0
+
+
+class FinishedJobs:
+    """The figures of final jobs, which no longer change: each is read from `results`
+    once per process (and again when the job ends anew, after a retry: its
+    `finished_at` differs), so a scrape reads the results of running jobs only. Still
+    SQL-derived: a cache of what SQL said, keyed by what would change it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_job: dict[str, tuple[datetime | None, JobFigures]] = {}
+
+    def get(self, job_id: str, finished_at: datetime | None) -> JobFigures | None:
+        with self._lock:
+            found = self._by_job.get(job_id)
+        return found[1] if found is not None and found[0] == finished_at else None
+
+    def keep(self, figures: dict[str, tuple[datetime | None, JobFigures]]) -> None:
+        """Remember these, and forget jobs not among `figures` or already kept."""
+        with self._lock:
+            self._by_job = figures
+
+
+#: Job ids per `IN (...)` query.
+_CHUNK = 500
+
+
+def snapshot(store: Store, *, live_within: float, finished: FinishedJobs | None = None) -> Snapshot:
     """Every figure, in one read transaction. Workers count as live when their last
-    heartbeat is younger than `live_within` seconds."""
+    heartbeat is younger than `live_within` seconds. With `finished`, final jobs'
+    figures are read once and kept there."""
     out = Snapshot()
     with store.read() as s:
         for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state)):
             out.jobs[state] = int(n)
 
-        visible = Job.state != JobState.SUBMITTING.value
-        per_model = s.execute(
-            select(
-                Job.model,
-                Result.status,
-                func.count(),
-                func.coalesce(func.sum(Result.prompt_tokens), 0),
-                func.coalesce(func.sum(Result.completion_tokens), 0),
-            )
-            .select_from(Result)
-            .join(Job, Job.id == Result.job_id)
-            .where(visible)
-            .group_by(Job.model, Result.status)
-        )
-        stored: dict[str, int] = {}
-        for model, status, n, prompt, completion in per_model:
-            out.items[(model, status)] = int(n)
-            stored[model] = stored.get(model, 0) + int(n)
+        jobs = s.execute(
+            select(Job.id, Job.model, Job.state, Job.finished_at, Job.total_items)
+            .where(Job.state != JobState.SUBMITTING.value)
+            .order_by(Job.id)  # the same float sums in the same order on every scrape
+        ).all()
+        kept: dict[str, tuple[datetime | None, JobFigures]] = {}
+        figures: dict[str, JobFigures] = {}
+        todo: list[str] = []
+        for job in jobs:
+            cached = finished.get(job.id, job.finished_at) if finished else None
+            if cached is not None:
+                figures[job.id] = cached
+            else:
+                todo.append(job.id)
+        for i in range(0, len(todo), _CHUNK):
+            figures.update(_job_figures(s, todo[i : i + _CHUNK]))
+        for job in jobs:
+            fig = figures[job.id]
+            if job.state in FINAL_JOB_STATES:
+                kept[job.id] = (job.finished_at, fig)
+            model = job.model
+            stored = 0
+            for status, n in fig.items.items():
+                out.items[(model, status)] = out.items.get((model, status), 0) + n
+                stored += n
+            pending = out.items.get((model, "pending"), 0)
+            out.items[(model, "pending")] = pending + max(0, job.total_items - stored)
             p, c = out.tokens.get(model, (0, 0))
-            out.tokens[model] = (p + int(prompt), c + int(completion))
-        totals = s.execute(
-            select(Job.model, func.coalesce(func.sum(Job.total_items), 0))
-            .where(visible)
-            .group_by(Job.model)
-        )
-        for model, total in totals:
-            out.items[(model, "pending")] = max(0, int(total) - stored.get(model, 0))
+            out.tokens[model] = (p + fig.prompt_tokens, c + fig.generated_tokens)
+            if fig.batches:
+                h = out.batch_latency.get(model)
+                out.batch_latency[model] = Histogram(
+                    [a + b for a, b in zip(h.buckets, fig.buckets, strict=True)]
+                    if h
+                    else list(fig.buckets),
+                    (h.count if h else 0) + fig.batches,
+                    (h.sum_seconds if h else 0.0) + fig.seconds,
+                )
+        if finished is not None:
+            finished.keep(kept)
 
         waiting = case((Task.state.in_(_WAITING), 1), else_=0)
         for queue, model, tasks, items, running in s.execute(
@@ -138,7 +193,6 @@ def snapshot(store: Store, *, live_within: float) -> Snapshot:
         out.duplicate_executions = int(
             s.scalar(select(func.coalesce(func.sum(Job.duplicate_executions), 0))) or 0
         )
-        out.batch_latency = _batch_latency(s)
 
         outcome = case(
             (WebhookDelivery.status_code.between(200, 299), literal("delivered")),
@@ -156,24 +210,41 @@ def snapshot(store: Store, *, live_within: float) -> Snapshot:
     return out
 
 
-def _batch_latency(s: Session) -> dict[str, Histogram]:
+def _job_figures(s: Session, ids: list[str]) -> dict[str, JobFigures]:
+    """The result-derived figures of these jobs (two grouped reads of `results`, by
+    its primary key's leading column)."""
+    out = {job_id: JobFigures() for job_id in ids}
+    for job_id, status, n, prompt, completion in s.execute(
+        select(
+            Result.job_id,
+            Result.status,
+            func.count(),
+            func.coalesce(func.sum(Result.prompt_tokens), 0),
+            func.coalesce(func.sum(Result.completion_tokens), 0),
+        )
+        .where(Result.job_id.in_(ids))
+        .group_by(Result.job_id, Result.status)
+    ):
+        fig = out[job_id]
+        fig.items[status] = int(n)
+        fig.prompt_tokens += int(prompt)
+        fig.generated_tokens += int(completion)
     batches = (
         select(
             Result.job_id,
             (func.max(Result.latency_ms) * func.count() / 1000.0).label("seconds"),
         )
-        .where(Result.latency_ms.is_not(None))
+        .where(Result.job_id.in_(ids), Result.latency_ms.is_not(None))
         .group_by(Result.job_id, Result.task_id, Result.attempt, Result.latency_ms)
         .subquery()
     )
     columns = [func.sum(case((batches.c.seconds <= bound, 1), else_=0)) for bound in BATCH_BUCKETS]
-    rows = s.execute(
-        select(Job.model, func.count(), func.sum(batches.c.seconds), *columns)
-        .select_from(batches)
-        .join(Job, Job.id == batches.c.job_id)
-        .group_by(Job.model)
-    )
-    return {
-        model: Histogram([int(b or 0) for b in buckets], int(n), float(total or 0.0))
-        for model, n, total, *buckets in rows
-    }
+    for job_id, n, total, *buckets in s.execute(
+        select(batches.c.job_id, func.count(), func.sum(batches.c.seconds), *columns).group_by(
+            batches.c.job_id
+        )
+    ):
+        fig = out[job_id]
+        fig.batches, fig.seconds = int(n), float(total or 0.0)
+        fig.buckets = [int(b or 0) for b in buckets]
+    return out

@@ -68,3 +68,21 @@ def ok(idx: int, text: str = "out") -> NewResult:
 def finish(store: Store, claim: Claim, outcome: str) -> str:
     """End a claim's attempt with no further results; returns the task's new state."""
     return complete_task(store, claim, [], outcome=outcome).task_state
+
+
+def run_job(store: Store, job: Job, *, fail: frozenset[int] | set[int] = frozenset()) -> None:
+    """Claim and complete every claimable task of a job, as a worker would: the items
+    in `fail` fail, the others succeed."""
+    from genqueue.storage.leases import claim_task
+
+    for tid in task_ids(store, job.id):
+        claim = claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3)
+        if not isinstance(claim, Claim):
+            continue  # done already, or split
+        rows = [
+            NewResult(idx=i.idx, status=ResultStatus.FAILED, error_code="x", error_message="x")
+            if i.idx in fail
+            else ok(i.idx)
+            for i in claim.items
+        ]
+        complete_task(store, claim, rows, outcome="done")

@@ -11,29 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from genqueue.storage import batches, lifecycle, loading, outbox, webhooks
-from genqueue.storage.claims import Claim
-from genqueue.storage.completion import complete_task
 from genqueue.storage.db import Store, utcnow
-from genqueue.storage.leases import claim_task
-from genqueue.storage.models import Batch, Job, WebhookEvent
+from genqueue.storage.models import Batch, WebhookEvent
 from genqueue.webhooks import WebhookUrlError
-from tests.storage.factories import make_job, ok, task_ids
-
-
-def _run(store: Store, job: Job, *, fail: set[int] = frozenset()) -> None:  # type: ignore[assignment]
-    from genqueue.storage.models import ResultStatus
-    from genqueue.storage.results import NewResult
-
-    for tid in task_ids(store, job.id):
-        claim = claim_task(store, tid, "w1", lease_seconds=30, max_attempts=3)
-        assert isinstance(claim, Claim)
-        rows = [
-            NewResult(idx=i.idx, status=ResultStatus.FAILED, error_code="x", error_message="x")
-            if i.idx in fail
-            else ok(i.idx)
-            for i in claim.items
-        ]
-        complete_task(store, claim, rows, outcome="done")
+from tests.storage.factories import make_job, run_job
 
 
 def _events(store: Store) -> list[WebhookEvent]:
@@ -43,7 +24,7 @@ def _events(store: Store) -> list[WebhookEvent]:
 
 def test_a_job_end_writes_one_event_to_its_url_or_the_tenants(store: Store) -> None:
     quiet = make_job(store, 4, tenant="nobody")
-    _run(store, quiet)
+    run_job(store, quiet)
     assert _events(store) == []  # no URL anywhere: no event
 
     ep, fresh = webhooks.set_endpoint(store, "acme", url="https://hooks.example/acme")
@@ -55,8 +36,8 @@ def test_a_job_end_writes_one_event_to_its_url_or_the_tenants(store: Store) -> N
 
     default = make_job(store, 4, tenant="acme")
     own = make_job(store, 4, tenant="acme", webhook_url="http://own.example/x")
-    _run(store, default, fail={1})
-    _run(store, own)
+    run_job(store, default, fail={1})
+    run_job(store, own)
     events = _events(store)
     assert [(e.type, e.url, e.job_id) for e in events] == [
         ("job.completed_with_errors", "https://hooks.example/acme", default.id),
@@ -89,7 +70,7 @@ def test_an_openai_batch_is_announced_once_when_its_last_job_ends(store: Store) 
     assert isinstance(batch, Batch)
     first = make_job(store, 4, tenant="acme", batch_id=batch.id)
     second = make_job(store, 4, tenant="acme", batch_id=batch.id)
-    _run(store, first)
+    run_job(store, first)
     assert _events(store) == []  # the batch is still running
     assert lifecycle.request_cancel(store, second.id)
     (event,) = _events(store)
@@ -116,7 +97,7 @@ def test_an_openai_batch_is_announced_once_when_its_last_job_ends(store: Store) 
 def test_the_outbox_leases_records_and_reads_back(store: Store) -> None:
     webhooks.set_endpoint(store, "acme", url="https://hooks.example/acme")
     job = make_job(store, 2, tenant="acme")
-    _run(store, job)
+    run_job(store, job)
     (due,) = outbox.claim_due(store, "d1", limit=10, lease_seconds=30)
     assert due.attempt == 1 and due.secret and due.url == "https://hooks.example/acme"
     assert outbox.claim_due(store, "d2", limit=10, lease_seconds=30) == []  # leased
