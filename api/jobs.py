@@ -251,6 +251,7 @@ def _job_dict(view: JobView, usage: Any) -> dict[str, Any]:
     out = view.to_dict()
     out["model"] = str((j.options or {}).get("model_name") or j.model)
     out["provenance"] = {"model_ref": j.model, "revision": j.revision, "engine": j.engine}
+    out["webhook_url"] = j.webhook_url  # its events: /v1/jobs/{id}/webhooks
     out["usage"] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,

@@ -75,8 +75,10 @@ def post(url: str, body: str, headers: dict[str, str], *, timeout: float) -> Ans
             resp.read(MAX_RESPONSE_BYTES)
             return Answer(resp.status, None, took())
     except urllib.error.HTTPError as exc:
-        snippet = exc.read(MAX_RESPONSE_BYTES)[:200].decode("utf-8", "replace").strip()
-        why = f"HTTP {exc.code}" + (f": {snippet}" if snippet else "")
+        exc.read(MAX_RESPONSE_BYTES)
+        # The status and its reason only: the answer's body is not recorded (tenants
+        # read these errors, and a URL may point inside the server's network).
+        why = f"HTTP {exc.code} {exc.reason}".strip()
         if 300 <= exc.code < 400:
             why = f"HTTP {exc.code} (redirects are not followed; give the final URL)"
         return Answer(exc.code, why, took())

@@ -73,6 +73,7 @@ def test_terminal_events_are_delivered_signed_and_recorded(
         r = http.post("/v1/jobs", json=spec)
         assert r.status_code == 201, r.text
         done = r.json()["job_id"]
+        assert r.json()["webhook_url"] == receiver.url + "/job"
         idle = http.post(
             "/v1/jobs", json={"model": "idle", "records": [{"prompt": "never runs"}]}
         ).json()["job_id"]

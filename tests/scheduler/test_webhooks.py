@@ -77,7 +77,7 @@ def test_events_are_signed_retried_and_recorded(sq_store: Store, receiver: Recei
     (view,) = outbox.deliveries_for_job(sq_store, job.id)
     assert view["state"] == "delivered" and view["delivered_at"]
     assert [a["status_code"] for a in view["attempts"]] == [500, 500, 200]
-    assert view["attempts"][0]["error"] == "HTTP 500: no"
+    assert view["attempts"][0]["error"] == "HTTP 500 Internal Server Error"
     assert all(a["duration_ms"] >= 0 for a in view["attempts"])
 
 
@@ -93,7 +93,7 @@ def test_an_event_is_given_up_after_the_retry_window(sq_store: Store, receiver: 
 
     _deliver_until(sq_store, settings, gave_up)
     (view,) = outbox.deliveries_for_job(sq_store, job.id)
-    assert view["state"] == "failed" and view["last_error"] == "HTTP 500: no"
+    assert view["state"] == "failed" and view["last_error"] == "HTTP 500 Internal Server Error"
     assert 2 <= len(view["attempts"]) == len(receiver.requests) <= 20
 
 
