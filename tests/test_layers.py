@@ -19,6 +19,7 @@ GROUND = (
     "genqueue.formats",
     "genqueue.resultline",
     "genqueue.workeropts",
+    "genqueue.webhooks",
 )
 ROOMS = ("storage", "scheduler", "worker", "client", "cli", "api")
 

@@ -148,3 +148,20 @@ def test_bad_webhook_urls_are_refused_naming_the_field(store: Store, url: str, w
     with pytest.raises(WebhookUrlError, match=why) as info:
         webhooks.set_endpoint(store, "acme", url=url)
     assert str(info.value).startswith("--url: ") and info.value.field == "--url"
+
+
+def test_two_deliverers_claiming_at_once_share_the_events(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    webhooks.set_endpoint(store, "acme", url="https://hooks.example/acme")
+    for _ in range(12):
+        lifecycle.request_cancel(store, make_job(store, 1, tenant="acme").id)
+    with ThreadPoolExecutor(2) as pool:
+        claims = list(
+            pool.map(
+                lambda owner: outbox.claim_due(store, owner, limit=12, lease_seconds=30),
+                ["d1", "d2"],
+            )
+        )
+    ids = [{d.id for d in c} for c in claims]
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 12
