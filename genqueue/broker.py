@@ -57,6 +57,11 @@ def celery_config(broker_url: str) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "task_create_missing_queues": True,
         "worker_enable_remote_control": False,
+        # Task events (sent, received, started, succeeded, ...) for monitors such as
+        # Flower (`celery --broker URL flower`). They are fire-and-forget broadcasts (no
+        # one listening costs nothing) and are buffered while the broker is away.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }
 
 

@@ -175,8 +175,8 @@ class QueueDepth:
 def queue_depths(
     store: Store, *, within_seconds: float, tenant: str | None = None
 ) -> list[QueueDepth]:
-    """Per queue with unfinished work (only `tenant`'s when given): the items waiting and
-    running, and the live workers serving it."""
+    """Per queue with unfinished work (only `tenant`'s when given) or a live worker: the
+    items waiting and running, and the live workers serving it."""
     open_items = Task.n_items - Task.n_succeeded - Task.n_failed
     waiting = case((Task.state != TaskState.RUNNING.value, open_items), else_=0)
     running = case((Task.state == TaskState.RUNNING.value, open_items), else_=0)
@@ -199,13 +199,23 @@ def queue_depths(
     )
     if tenant is not None:
         q = q.where(Job.tenant == tenant)
+    since = utcnow() - timedelta(seconds=within_seconds)
     with store.read() as s:
         rows = s.execute(q).all()
-    live = live_by_queue(store, within_seconds=within_seconds)
-    return [
+        served = s.execute(
+            select(WorkerRow.queue, func.min(WorkerRow.model), func.count())
+            .where(WorkerRow.seen_at >= since)
+            .group_by(WorkerRow.queue)
+        ).all()
+    live = {queue: int(n) for queue, _, n in served}
+    out = [
         QueueDepth(queue, model, revision, int(w), int(r), live.get(queue, 0))
         for queue, model, revision, w, r in rows
     ]
+    # Queues that live workers serve but nothing waits on: depth 0.
+    busy = {q.queue for q in out}
+    out += [QueueDepth(q, m, None, 0, 0, n) for q, m, n in served if q not in busy]
+    return sorted(out, key=lambda d: d.queue)
 
 
 @dataclass(frozen=True)

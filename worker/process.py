@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         loglevel=args.loglevel,
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        # Worker heartbeat events tell monitors (Flower) this worker is online; the
+        # SQL heartbeat (Presence) is what genqueue itself trusts.
+        without_heartbeat=False,
         quiet=True,
     )
     worker.start()
