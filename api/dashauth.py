@@ -58,19 +58,28 @@ def session_principal(ctx: ApiContext, request: Request) -> Principal:
 
 
 def csrf_token(request: Request) -> str:
-    """The token this session's forms carry."""
-    return hmac.new(_SECRET, session_key(request).encode(), hashlib.sha256).hexdigest()
+    """The token this session's forms carry: an HMAC of the session's key (stable across
+    restarts and replicas, unknowable without the key), or, on a server without keys,
+    of this process's own secret."""
+    key = session_key(request)
+    if key:
+        secret = hashlib.sha256(key.encode()).digest()
+        return hmac.new(secret, b"genqueue-dashboard-csrf", hashlib.sha256).hexdigest()
+    return hmac.new(_SECRET, b"genqueue-dashboard-csrf", hashlib.sha256).hexdigest()
 
 
 def _same_origin(request: Request) -> bool:
+    """False when the browser says the request came from another site (Sec-Fetch-Site,
+    or an Origin whose host is not this one); requests without either header (not from
+    a browser page) pass, the token still decides."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    parts = urlsplit(origin)
-    return parts.netloc == request.headers.get("host", "")
+    if origin is None:
+        return True
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+    return urlsplit(origin).netloc in hosts - {""}
 
 
 def check_post(request: Request, token: str | None) -> None:

@@ -10,6 +10,7 @@ step and nothing from a CDN: the templates and the one small script ship in the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -130,6 +131,15 @@ def job_page(
         found = jobs.jobs_of(ctx, caller, job_id)
     except GenqueueError as exc:
         return failure(request, ctx, caller, exc)
+    if not found:
+        return render(
+            request,
+            "error.html",
+            ctx,
+            caller,
+            message=f"batch {job_id} has no jobs yet: its input is being validated, "
+            "or it was refused (GET /v1/batches/{id} says why)",
+        )
     page = dashviews.job_page(ctx, found, job_id)
     return render(
         request,
@@ -205,11 +215,14 @@ def static(name: str) -> Response:
     )
 
 
+#: A path on this site: no scheme, no `//host`, no backslash or whitespace (browsers drop
+#: tabs and newlines, so `/<TAB>/host` would become `//host`).
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+:@!$'()*,;-]*")
+
+
 def _local(target: str) -> str:
-    """A redirect target on this site only (never `//host` or `https://host`)."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
+    """A redirect target on this site only; anything else goes to `/`."""
+    return target if _LOCAL_PATH.fullmatch(target) else "/"
 
 
 def install(app: FastAPI) -> None:

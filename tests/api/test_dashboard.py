@@ -285,3 +285,44 @@ def test_throughput_and_recent_results_on_both_databases(store: Store) -> None:
     runs = progress.attempts_by_worker(store, job.id)
     assert [(r.worker, r.attempts) for r in runs] == [("gq-1@h", 1)]
     assert progress.throughput(store, "job_none").counts == []
+
+
+def test_batches_show_their_jobs_and_a_validating_one_says_so(dash: Dash) -> None:
+    from genqueue.storage import loading
+    from genqueue.storage.models import Batch
+
+    batch = loading.create_batch(
+        dash.store, input_name="two.jsonl", meta={}, options={}, tenant="alice"
+    )
+    assert isinstance(batch, Batch)
+    jobs = [
+        make_job(dash.store, 4, 4, tenant="alice", model=m, queue="q-a", batch_id=batch.id).id
+        for m in (MODEL, UNSERVED_MODEL)
+    ]
+    pending = loading.create_batch(
+        dash.store, input_name="x", meta={}, options={}, tenant="alice", phase="validating"
+    )
+    assert isinstance(pending, Batch)
+    c = dash.client("alice")
+    index = c.get("/").text
+    row = index.split(f'data-batch="{batch.id}"')[1].split("</tr>")[0]
+    assert '"done">0</span>/8' in row and "tiny-a, tiny-b" in row
+    page = c.get(f"/jobs/{batch.id}")
+    assert page.status_code == 200 and all(f'data-job="{j}"' in page.text for j in jobs)
+    assert f"/jobs/{batch.id}/download/jsonl" in page.text
+    r = c.get(f"/jobs/{pending.id}")
+    assert r.status_code == 200 and "no jobs yet" in r.text
+    # Bob sees neither.
+    bob = dash.client("bob")
+    assert batch.id not in bob.get("/").text
+    assert bob.get(f"/jobs/{batch.id}").status_code == 404
+    assert bob.get(f"/jobs/{pending.id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/", "/\t/evil.example/", "/\\evil.example", "https://evil.example"]
+)
+def test_login_never_redirects_off_the_site(dash: Dash, target: str) -> None:
+    c = TestClient(dash.app)
+    r = c.post("/login", data={"key": dash.keys["alice"], "next": target}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
