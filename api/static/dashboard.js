@@ -2,7 +2,8 @@
 // [data-live] regions (the page is fetched again and those regions swapped in).
 (function () {
   "use strict";
-  var EVERY_MS = 2000;
+  // Milliseconds between refreshes (a page may set window.GQ_REFRESH_MS first).
+  var EVERY_MS = window.GQ_REFRESH_MS || 2000;
 
   document.addEventListener("submit", function (event) {
     var form = event.target;
