@@ -12,8 +12,9 @@ from genqueue.api.deps import ApiContext, scope
 from genqueue.api.jobs import progress_rate
 from genqueue.storage import batches, progress, workers
 from genqueue.storage.db import aware, utcnow
+from genqueue.storage.loading import BATCH_PREFIX
 from genqueue.storage.models import Job, JobState
-from genqueue.storage.status import JobCounts, JobView, token_usage, view_job
+from genqueue.storage.status import JobCounts, JobView, list_jobs, token_usage, view_job
 from genqueue.storage.tenants import Principal
 from genqueue.workeropts import start_command
 
@@ -142,8 +143,6 @@ def warnings_for(ctx: ApiContext, job_ids: list[str]) -> list[dict[str, str]]:
 
 def list_page(ctx: ApiContext, caller: Principal, state: str | None) -> dict[str, Any]:
     """The index: jobs (filtered by state) and batches, newest first."""
-    from genqueue.storage.status import list_jobs
-
     tenant = scope(caller)
     views = list_jobs(ctx.store, limit=LIST_LIMIT, state=state, tenant=tenant)
     rows = [job_row(ctx, v) for v in views]
@@ -162,10 +161,10 @@ def list_page(ctx: ApiContext, caller: Principal, state: str | None) -> dict[str
 
 
 def job_page(ctx: ApiContext, jobs: list[Job], page_id: str) -> dict[str, Any]:
-    """A job's page (or a batch's: its jobs, their summed counts)."""
+    """A job's page (or a batch's: its jobs, their summed counts); `jobs` is not empty."""
     views = [view_job(ctx.store, j.id) for j in jobs]
     rows = [job_row(ctx, v) for v in views]
-    is_batch = page_id != jobs[0].id if jobs else True
+    is_batch = page_id.startswith(BATCH_PREFIX)
     head = (
         batch_row(ctx, batches.view_batch(ctx.store, page_id))
         if is_batch
