@@ -5,7 +5,8 @@ another tenant's job absent and the warning for a model without a worker, open t
 workers page; every page's screenshot must show a real page (not blank).
 
 One deployment for the module: `genqueue api` and one `genqueue worker` on the
-fault-injecting dry-run engine, slowed to 20 items/s so progress is observable."""
+fault-injecting dry-run engine, slowed to 20 items/s so progress is observable. The
+same deployment shows that workers send the Celery events Flower reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class Deployment:
     url: str
     keys: dict[str, str]
     shots: Path
+    broker: str
 
     def submit(self, tenant: str, model: str, n: int) -> str:
         records = [{"prompt": f"item {i} of a job to watch"} for i in range(n)]
@@ -120,7 +123,7 @@ def deployment(
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, procs["api"], root / "api.log")
         wait_for_worker(db, procs["worker"], root / "worker.log")
-        yield Deployment(url, keys, root / "screenshots")
+        yield Deployment(url, keys, root / "screenshots", _redis_server)
     finally:
         stop_all(procs)
 
@@ -143,7 +146,10 @@ def wait_for_worker(db: str, proc: subprocess.Popen[bytes], log: Path, bound: fl
 
 @pytest.fixture(scope="module")
 def browser(deployment: Deployment) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        unavailable("playwright (pip install -e '.[dev]')", exc)
 
     executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     with sync_playwright() as p:
@@ -299,3 +305,33 @@ def test_dashboard_in_a_browser(deployment: Deployment, browser: Any) -> None:
     assert "/login" in page.url
     assert not errors, errors
     context.close()
+
+
+def test_workers_send_the_celery_events_flower_reads(deployment: Deployment) -> None:
+    from genqueue.broker import make_celery
+
+    app = make_celery(deployment.broker, name="test-events")
+    seen: list[dict[str, Any]] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+        listener = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+        )
+        listener.start()
+        try:
+            time.sleep(1.5)  # subscribed before the tasks are sent
+            deployment.submit("alice", "faulty", 6)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                kinds = {e["type"] for e in list(seen)}
+                if {"task-succeeded", "worker-heartbeat"} <= kinds:
+                    break
+                time.sleep(0.2)
+        finally:
+            receiver.should_stop = True
+            listener.join(10)
+    kinds = {e["type"] for e in seen}
+    assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds, kinds
+    assert "worker-heartbeat" in kinds, kinds
+    done = [e for e in seen if e["type"] == "task-succeeded"]
+    assert all(e["hostname"].startswith("gq-") for e in done), done[:3]
