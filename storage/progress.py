@@ -24,14 +24,17 @@ class Throughput:
     tokens: list[int]
 
 
+#: Results a worker produced (cancelled and expired ones are filled in when a job ends).
+_WORKED = (ResultStatus.SUCCEEDED.value, ResultStatus.FAILED.value)
+
+
 def throughput(store: Store, job_id: str, *, buckets: int = 60) -> Throughput:
-    """A job's results bucketed by when they were written (at most `buckets` buckets,
-    at least a second wide), counted in SQL."""
+    """A job's worked results (succeeded or failed) bucketed by when they were written
+    (at most `buckets` buckets, at least a second wide), counted in SQL."""
+    worked = (Result.job_id == job_id) & Result.status.in_(_WORKED)
     with store.read() as s:
         epoch = dialect.epoch_seconds(s, Result.created_at)
-        lo, hi = s.execute(
-            select(func.min(epoch), func.max(epoch)).where(Result.job_id == job_id)
-        ).one()
+        lo, hi = s.execute(select(func.min(epoch), func.max(epoch)).where(worked)).one()
         if lo is None:
             return Throughput(None, 1.0, [], [])
         lo, hi = float(lo), float(hi)
@@ -39,7 +42,7 @@ def throughput(store: Store, job_id: str, *, buckets: int = 60) -> Throughput:
         slot = func.floor((epoch - lo) / width)
         rows = s.execute(
             select(slot, func.count(), func.coalesce(func.sum(Result.completion_tokens), 0))
-            .where(Result.job_id == job_id)
+            .where(worked)
             .group_by(slot)
         ).all()
     n = min(buckets, int((hi - lo) // width) + 1)

@@ -19,12 +19,12 @@ from sqlalchemy import update
 
 from genqueue.api import create_app
 from genqueue.settings import Settings
-from genqueue.storage import leases, progress, tenants, workers
+from genqueue.storage import leases, lifecycle, progress, tenants, workers
 from genqueue.storage.claims import Claim
 from genqueue.storage.db import Store, open_store, utcnow
 from genqueue.storage.models import ResultStatus, WorkerRow
 from genqueue.storage.results import NewResult, write_results
-from tests.storage.factories import make_job, ok, task_ids
+from tests.storage.factories import finish, make_job, ok, task_ids
 
 MODEL = "/models/tiny-a"
 UNSERVED_MODEL = "/models/tiny-b"
@@ -285,6 +285,12 @@ def test_throughput_and_recent_results_on_both_databases(store: Store) -> None:
     runs = progress.attempts_by_worker(store, job.id)
     assert [(r.worker, r.attempts) for r in runs] == [("gq-1@h", 1)]
     assert progress.throughput(store, "job_none").counts == []
+    # Cancelled items filled in at the end are not throughput.
+    lifecycle.request_cancel(store, job.id)
+    finish(store, c, "done")
+    lifecycle.finalize_job(store, job.id)
+    assert progress.recent_results(store, job.id, limit=1)[0].status == "cancelled"
+    assert sum(progress.throughput(store, job.id).counts) == 5
 
 
 def test_batches_show_their_jobs_and_a_validating_one_says_so(dash: Dash) -> None:
