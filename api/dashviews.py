@@ -56,7 +56,7 @@ def progress_row(
     completion_tokens: int,
 ) -> dict[str, Any]:
     """Counts, bar widths, items/s, tokens/s and ETA of a job or batch."""
-    rate = progress_rate(counts.done, counts.total, started_at, finished_at)
+    rate = progress_rate(counts, started_at, finished_at)
     tokens_per_second = None
     if started_at is not None:
         end = aware(finished_at) if finished_at else utcnow()

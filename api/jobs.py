@@ -34,7 +34,7 @@ from genqueue.storage.errors import JobNotFound
 from genqueue.storage.loading import BATCH_PREFIX
 from genqueue.storage.models import Job, JobState, ResultStatus
 from genqueue.storage.retry import RETRYABLE, retry_items
-from genqueue.storage.status import JobView, list_jobs, token_usage, view_job
+from genqueue.storage.status import JobCounts, JobView, list_jobs, token_usage, view_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["Jobs"], responses=ERROR_RESPONSES)
 
@@ -256,21 +256,21 @@ def _job_dict(view: JobView, usage: Any) -> dict[str, Any]:
 
 def job_rate(view: JobView) -> dict[str, Any]:
     """items/s since the job started, and the seconds left at that rate."""
-    c = view.counts
-    return progress_rate(c.done, c.total, view.job.started_at, view.job.finished_at)
+    return progress_rate(view.counts, view.job.started_at, view.job.finished_at)
 
 
 def progress_rate(
-    done: int, total: int, started_at: datetime | None, finished_at: datetime | None
+    counts: JobCounts, started_at: datetime | None, finished_at: datetime | None
 ) -> dict[str, Any]:
-    """items/s since `started_at` (until `finished_at` or now), and the seconds left at
-    that rate (None before the start or while nothing is done)."""
+    """Items worked (succeeded or failed) per second since `started_at` (until
+    `finished_at` or now), and the seconds left at that rate (None before the start or
+    while nothing is done). Items a cancel or deadline ended do not count as work."""
     if started_at is None:
         return {"items_per_second": None, "eta_seconds": None}
     end = aware(finished_at) if finished_at else utcnow()
     elapsed = max(1e-3, (end - aware(started_at)).total_seconds())
-    rate = done / elapsed
-    left = total - done
+    rate = (counts.succeeded + counts.failed) / elapsed
+    left = counts.total - counts.done
     eta = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
     return {
         "items_per_second": round(rate, 3),
