@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from genqueue.api import errors, jobs, metrics, models, openai_batches, openai_files
+from genqueue.api import dashboard, errors, jobs, metrics, models, openai_batches, openai_files
 from genqueue.api.deps import ApiContext
 from genqueue.protocol import cache_dir
 from genqueue.scheduler.dispatch import Dispatcher
@@ -70,4 +70,6 @@ def create_app(
     for module in (openai_files, openai_batches, models, jobs):
         app.include_router(module.router)
     app.include_router(metrics.router)  # /metrics (see api/metrics.py)
+    # The dashboard: HTML pages at / for people logged in with an API key.
+    dashboard.install(app)
     return app

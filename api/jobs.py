@@ -34,7 +34,7 @@ from genqueue.storage.errors import JobNotFound
 from genqueue.storage.loading import BATCH_PREFIX
 from genqueue.storage.models import Job, JobState, ResultStatus
 from genqueue.storage.retry import RETRYABLE, retry_items
-from genqueue.storage.status import JobView, list_jobs, token_usage, view_job
+from genqueue.storage.status import JobCounts, JobView, list_jobs, token_usage, view_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["Jobs"], responses=ERROR_RESPONSES)
 
@@ -234,7 +234,7 @@ def _submit_records(
     return _status(ctx, caller, done.job_id)
 
 
-def _jobs_of(ctx: ApiContext, caller: Caller, job_id: str) -> list[Job]:
+def jobs_of(ctx: ApiContext, caller: Caller, job_id: str) -> list[Job]:
     """The jobs of a job or batch id this caller may see (404 for another tenant's)."""
     tenant = scope(caller)
     if job_id.startswith(BATCH_PREFIX):
@@ -257,19 +257,27 @@ def _job_dict(view: JobView, usage: Any) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
-    out.update(_rate(view))
+    out.update(job_rate(view))
     return out
 
 
-def _rate(view: JobView) -> dict[str, Any]:
+def job_rate(view: JobView) -> dict[str, Any]:
     """items/s since the job started, and the seconds left at that rate."""
-    j, c = view.job, view.counts
-    if j.started_at is None:
+    return progress_rate(view.counts, view.job.started_at, view.job.finished_at)
+
+
+def progress_rate(
+    counts: JobCounts, started_at: datetime | None, finished_at: datetime | None
+) -> dict[str, Any]:
+    """Items worked (succeeded or failed) per second since `started_at` (until
+    `finished_at` or now), and the seconds left at that rate (None before the start or
+    while nothing is done). Items a cancel or deadline ended do not count as work."""
+    if started_at is None:
         return {"items_per_second": None, "eta_seconds": None}
-    end = aware(j.finished_at) if j.finished_at else utcnow()
-    elapsed = max(1e-3, (end - aware(j.started_at)).total_seconds())
-    rate = c.done / elapsed
-    left = c.total - c.done
+    end = aware(finished_at) if finished_at else utcnow()
+    elapsed = max(1e-3, (end - aware(started_at)).total_seconds())
+    rate = (counts.succeeded + counts.failed) / elapsed
+    left = counts.total - counts.done
     eta = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
     return {
         "items_per_second": round(rate, 3),
@@ -278,7 +286,7 @@ def _rate(view: JobView) -> dict[str, Any]:
 
 
 def _status(ctx: ApiContext, caller: Caller, job_id: str) -> dict[str, Any]:
-    jobs = _jobs_of(ctx, caller, job_id)
+    jobs = jobs_of(ctx, caller, job_id)
     usage = token_usage(ctx.store, [j.id for j in jobs])
     if job_id.startswith(BATCH_PREFIX):
         out = batches.view_batch(ctx.store, job_id).to_dict()
@@ -361,7 +369,7 @@ def job_results(
     include_pending: bool = False,
 ) -> Any:
     """Result lines in input order, streamed (on a running job: what is done so far)."""
-    _jobs_of(ctx, caller, job_id)
+    jobs_of(ctx, caller, job_id)
     wanted = frozenset(s.value for s in status) if status else None
     if include_pending and wanted is not None:
         wanted = wanted | {"pending"}
@@ -387,7 +395,7 @@ def job_results(
 @router.post("/{job_id}/cancel")
 def cancel_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """Stop a job (or every job of a batch): nothing new starts, results so far are kept."""
-    changed = [lifecycle.request_cancel(ctx.store, j.id) for j in _jobs_of(ctx, caller, job_id)]
+    changed = [lifecycle.request_cancel(ctx.store, j.id) for j in jobs_of(ctx, caller, job_id)]
     return {**_status(ctx, caller, job_id), "cancel_requested": any(changed)}
 
 
@@ -408,7 +416,7 @@ def retry_job(
     when = _deadline(body.deadline)
     deadline_at = utcnow() + when if isinstance(when, timedelta) else when
     total = 0
-    for job in _jobs_of(ctx, caller, job_id):
+    for job in jobs_of(ctx, caller, job_id):
         n = retry_items(
             ctx.store, job.id, tuple(body.statuses or RETRYABLE), deadline_at=deadline_at
         )

@@ -21,6 +21,8 @@ COUNTER = "bench:noop:count"
 
 app = Celery("bench-noop")
 app.conf.update(celery_config(BROKER_URL))
+if os.environ.get("BENCH_TASK_EVENTS") == "0":  # task_events.py: the same without events
+    app.conf.update(worker_send_task_events=False, task_send_sent_event=False)
 _redis: Any = None
 
 

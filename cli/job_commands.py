@@ -204,8 +204,10 @@ _STATUS_FIELDS = (
 
 @app.command()
 def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Show a job's (or batch's) state and counts."""
-    st = client(database_url, None, dispatch=False).status(job_id)
+    """Show a job's (or batch's) state and counts; warn when its model has no live worker."""
+    gq = client(database_url, None, dispatch=False)
+    st = gq.status(job_id)
+    warn_unserved(gq.store, [j["job_id"] for j in st.get("jobs") or [st]])
     if json_out:
         out.print_json(data=st)
         return
@@ -223,6 +225,23 @@ def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
             f"job {j['job_id']}", f"{j['state']}, {Path(j['model']).name}, {done}/{c['total']}"
         )
     out.print(table)
+
+
+def warn_unserved(store: Any, job_ids: list[str]) -> None:
+    """A warning on stderr for each live job whose model no live worker serves, with the
+    command that starts one."""
+    from genqueue.storage.workers import unserved_jobs
+    from genqueue.workeropts import start_command
+
+    for u in unserved_jobs(store, job_ids, within_seconds=settings().lease_seconds):
+        command = start_command(
+            u.model, revision=u.revision, engine=u.engine, trust_remote_code=u.trust_remote_code
+        )
+        err.print(
+            f"[yellow]warning:[/] no live worker serves the model of job {u.job_id} "
+            f"({u.model}); its items wait until one starts: {command}",
+            highlight=False,
+        )
 
 
 @app.command()

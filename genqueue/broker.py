@@ -25,7 +25,9 @@ KEEPALIVE = {
 }
 
 
-def celery_config(broker_url: str) -> dict[str, Any]:
+def celery_config(broker_url: str, *, task_events: bool = True) -> dict[str, Any]:
+    """The configuration of every Celery app genqueue makes; `task_events` (the
+    `task_events` setting) turns the workers' task events on."""
     return {
         "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
@@ -57,12 +59,18 @@ def celery_config(broker_url: str) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "task_create_missing_queues": True,
         "worker_enable_remote_control": False,
+        # Task events (sent, received, started, succeeded, ...) for monitors such as
+        # Flower (`celery --broker URL flower`). They are fire-and-forget broadcasts
+        # (nobody listening costs one publish each) and are buffered while the broker
+        # is away.
+        "worker_send_task_events": task_events,
+        "task_send_sent_event": True,
     }
 
 
-def make_celery(broker_url: str, name: str = "genqueue") -> Celery:
+def make_celery(broker_url: str, name: str = "genqueue", *, task_events: bool = True) -> Celery:
     app = Celery(name)
-    app.conf.update(celery_config(broker_url))
+    app.conf.update(celery_config(broker_url, task_events=task_events))
     return app
 
 

@@ -73,3 +73,23 @@ class WorkerOptions(BaseModel):
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def start_command(
+    model: str,
+    *,
+    revision: str | None = None,
+    engine: str | None = None,
+    trust_remote_code: bool = False,
+) -> str:
+    """The `genqueue worker ...` command line that serves a model (what to tell a user
+    whose job waits for a worker)."""
+    import shlex
+
+    options = WorkerOptions(
+        model=model,
+        revision=revision,
+        engine=engine or "hf",
+        trust_remote_code=trust_remote_code,
+    )
+    return shlex.join(["genqueue", "worker", *options.to_args()])

@@ -206,3 +206,20 @@ def fail_abandoned(store: Store, *, created_before: datetime) -> list[str]:
 
             batch_failed(s, ids)
     return ids
+
+
+def recent_batches(store: Store, *, tenant: str | None, limit: int = 20) -> list[BatchView]:
+    """The newest batches whose jobs exist (only `tenant`'s when given), with their
+    jobs' live counts."""
+    with store.read() as s:
+        q = select(Batch).where(Batch.phase.is_(None))
+        if tenant is not None:
+            q = q.where(Batch.tenant == tenant)
+        rows = list(s.scalars(q.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)))
+        out = []
+        for b in rows:
+            jobs = s.scalars(select(Job).where(Job.batch_id == b.id).order_by(Job.created_at))
+            views = [JobView(j, job_counts(s, j)) for j in jobs]
+            if views:
+                out.append(BatchView(b, views))
+        return out

@@ -30,7 +30,18 @@ import json
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Integer, Select, any_, bindparam, event, insert, select, text
+from sqlalchemy import (
+    Engine,
+    Integer,
+    Select,
+    any_,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -280,6 +291,14 @@ def with_results(bind: Session | Connection, job_id: str, idxs: list[int]) -> se
 def prefers_anti_join(bind: Session | Connection) -> bool:
     """Whether NOT EXISTS against results is planned well (SQLite) or must be avoided."""
     return backend(bind) != POSTGRES
+
+
+def epoch_seconds(bind: Session | Connection, column: Any) -> Any:
+    """A timestamp column as seconds since 1970 (a float), in SQL: to bucket rows by time
+    without reading them (SQLite stores text, PostgreSQL a timestamp)."""
+    if backend(bind) == SQLITE:
+        return (func.julianday(column) - 2440587.5) * 86400.0
+    return func.extract("epoch", column)
 
 
 def analyze(bind: Session | Connection, tables: Sequence[str]) -> None:

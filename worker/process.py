@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"genqueue worker: {exc}") from None
     engine = load_engine(options)
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
-    app = make_celery(settings.broker_url, name="genqueue-worker")
+    app = make_celery(settings.broker_url, name="genqueue-worker", task_events=settings.task_events)
     queue = queue_for(model_ref, options.revision)
     dispatcher = Dispatcher(settings.broker_url, name="genqueue-worker-sender")
 
@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         loglevel=args.loglevel,
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        # Worker heartbeat events tell monitors (Flower) this worker is online; the
+        # SQL heartbeat (Presence) is what genqueue itself trusts.
+        without_heartbeat=not settings.task_events,
         quiet=True,
     )
     worker.start()
