@@ -23,7 +23,7 @@ from genqueue.api import dashauth, dashviews, jobs
 from genqueue.api.deps import ApiContext, Ctx
 from genqueue.api.errors import error_response
 from genqueue.errors import GenqueueError
-from genqueue.storage import tenants
+from genqueue.storage import outbox, tenants
 from genqueue.storage.tenants import Principal
 
 HERE = Path(__file__).parent
@@ -148,15 +148,40 @@ def job_page(
         caller,
         job=page,
         done=done if done in ("cancel", "retry") else None,
-        webhook_deliveries=webhook_deliveries(ctx, [j.id for j in found]),
+        webhook_deliveries=webhook_deliveries(ctx, job_id),
     )
 
 
-def webhook_deliveries(ctx: ApiContext, job_ids: list[str]) -> list[dict[str, Any]]:
-    """Webhook delivery attempts of these jobs, for the job page's "Webhook deliveries"
-    section (api/templates/job.html). Empty until jobs have webhooks; the webhook
-    outbox fills this in."""
-    return []
+def webhook_deliveries(ctx: ApiContext, job_id: str) -> list[dict[str, Any]]:
+    """The webhook events of a job (or batch) for the job page's "Webhook deliveries"
+    section (api/templates/job.html): one row per delivery attempt, and one for an event
+    not tried yet."""
+    rows: list[dict[str, Any]] = []
+    for ev in outbox.deliveries_for_job(ctx.store, job_id):
+        event = {"event": ev["type"], "url": ev["url"], "state": ev["state"]}
+        if not ev["attempts"]:
+            rows.append(
+                {
+                    **event,
+                    "attempt": "",
+                    "at": ev["next_attempt_at"] or "",
+                    "status": "",
+                    "error": "",
+                    "ms": "",
+                }
+            )
+        for a in ev["attempts"]:
+            rows.append(
+                {
+                    **event,
+                    "attempt": a["attempt"],
+                    "at": a["at"],
+                    "status": a["status_code"] or "",
+                    "error": a["error"] or "",
+                    "ms": a["duration_ms"] if a["duration_ms"] is not None else "",
+                }
+            )
+    return rows
 
 
 @router.post("/jobs/{job_id}/cancel")

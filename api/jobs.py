@@ -349,7 +349,7 @@ def get_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
 def job_webhooks(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """The webhook events of a job (or batch, OpenAI batches included) and every
     delivery attempt of each: time, HTTP status, error, duration."""
-    _jobs_of(ctx, caller, job_id)
+    jobs_of(ctx, caller, job_id)
     return {"object": "list", "data": outbox.deliveries_for_job(ctx.store, job_id)}
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -111,6 +112,15 @@ def test_terminal_events_are_delivered_signed_and_recorded(
             codes.append([a["status_code"] for a in view["attempts"]])
         assert sorted(codes) == [[200], [200], [500, 200]]
         assert len(receiver.requests) == 4
+
+        # The dashboard's job page lists the attempts too.
+        page = httpx.get(
+            f"{api_server.url}/jobs/{done}", cookies={"gq_session": api_server.keys[TENANT]}
+        )
+        assert page.status_code == 200
+        section = page.text.split('id="webhook-deliveries"', 1)[1].split("</section>", 1)[0]
+        assert "job.completed_with_errors" in section and receiver.url + "/job" in section
+        assert section.count("<tr>") == 1 + len(codes[0])
 
         # Another tenant sees none of it.
         with api_server.http("bob") as other:
