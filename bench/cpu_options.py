@@ -9,9 +9,10 @@ continuation as token ids (plain batched `generate` on the same loaded model), c
 with float32 position by position: the share of identical tokens, the share of outputs
 identical throughout, and the mean share of tokens before the first difference; and,
 teacher-forced on float32's continuation, the share of positions whose most likely next
-token is float32's (one difference then does not derail every later token). Random
-weights make near-ties far more common than in a trained model, so these shares are a
-pessimistic bound.
+token is float32's (one difference then does not derail every later token). Measured
+twice: on random weights (near-ties everywhere: a pessimistic bound) and on the same
+shape briefly trained on text from a fixed word chain (confident choices, closer to a
+real model); speed on the trained one (the weights do not change the arithmetic).
 
     python bench/cpu_options.py --prompts 64 --max-new-tokens 32 --threads 2
 """
@@ -34,14 +35,45 @@ MODES: dict[str, dict[str, str]] = {
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"quantize": "int8"},
 }
-#: Weight scale of the random init: larger than Llama's 0.02 so that greedy choices are
-#: not near-ties everywhere (a trained model is far more confident than random weights).
+#: Weight scale of the random model: larger than Llama's 0.02 init, which would make
+#: every greedy choice a near-tie.
 INIT_STD = 0.06
+#: The trained model: this many optimiser steps (or seconds, whichever comes first) on
+#: text from a fixed random word chain, so that its next-token choices are confident
+#: like a real model's, not near-ties as with random weights.
+TRAIN_STEPS, TRAIN_SECONDS = 300, 240.0
 
 
-def llama_dir() -> Path:
-    """Build (once) the ~25 M Llama-shape model beside the benchmarks' tiny models."""
-    out = common.CACHE / "llama-25m"
+def _chain(seed: int = 9) -> tuple[list[str], dict[str, list[str]]]:
+    """200 pseudo-words, each with 3 likely successors: text with learnable structure."""
+    import random
+
+    rng = random.Random(seed)
+    words = common.vocabulary()[:200]
+    return words, {w: rng.sample(words, 3) for w in words}
+
+
+def chain_texts(n: int, words_per_text: tuple[int, int], seed: int) -> list[str]:
+    """`n` texts walking the word chain (10% random jumps)."""
+    import random
+
+    rng = random.Random(seed)
+    words, succ = _chain()
+    out = []
+    for _ in range(n):
+        w = rng.choice(words)
+        text = [w]
+        for _ in range(rng.randint(*words_per_text) - 1):
+            w = rng.choice(succ[w]) if rng.random() < 0.9 else rng.choice(words)
+            text.append(w)
+        out.append(" ".join(text))
+    return out
+
+
+def llama_dir(trained: bool) -> Path:
+    """Build (once) the ~25 M Llama-shape model beside the benchmarks' tiny models:
+    random weights, or briefly trained on the word chain."""
+    out = common.CACHE / ("llama-25m-trained" if trained else "llama-25m")
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
     import torch
@@ -60,18 +92,42 @@ def llama_dir() -> Path:
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=False,
     )
+    torch.manual_seed(1234)
     model = LlamaForCausalLM(config)
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for _name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * INIT_STD)
+    if trained:
+        _train(model, tok)
+    else:
+        gen = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            for _name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+                if param.ndim >= 2:
+                    param.copy_(torch.randn(param.shape, generator=gen) * INIT_STD)
     model.generation_config.bos_token_id = tok.eos_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def _train(model: Any, tok: Any) -> None:
+    import torch
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    t0, step, loss = time.monotonic(), 0, float("nan")
+    while step < TRAIN_STEPS and time.monotonic() - t0 < TRAIN_SECONDS:
+        texts = chain_texts(8, (30, 40), seed=1000 + step)
+        ids = tok(texts, truncation=True, max_length=64)["input_ids"]
+        width = min(len(x) for x in ids)  # equal lengths: no padding to mask
+        batch = torch.tensor([x[:width] for x in ids])
+        out = model(input_ids=batch, labels=batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        loss, step = float(out.loss.detach()), step + 1
+    print(f"trained {step} steps in {time.monotonic() - t0:.0f} s, loss {loss:.2f}", flush=True)
+    model.eval()
 
 
 def speed(engine: Any, prompts: list[str], new: int, repeats: int) -> tuple[float, int]:
@@ -156,38 +212,46 @@ def run(n: int, new: int, threads: int, repeats: int = 2) -> common.Report:
     from genqueue.worker.errors import EngineError
     from genqueue.workeropts import WorkerOptions
 
-    model = llama_dir()
     figures: list[dict[str, Any]] = []
     notes: list[str] = []
     ms: dict[str, float] = {}
-    ref: list[list[int]] | None = None
-    prompts: list[str] = []
     params = 0
-    for mode, opts in MODES.items():
-        try:
-            engine = load_engine(WorkerOptions(model=str(model), device="cpu", **opts))
-        except EngineError as exc:
-            notes.append(f"{mode}: refused: {exc}")
-            continue
-        if not prompts:
-            prompts = common.make_prompts(n, engine.tokenizer, lo=5, hi=60)
-            params = sum(p.numel() for p in engine.model.parameters())
-        speed(engine, prompts[:8], 4, 1)  # warm-up (first-call allocations, kernels)
-        seconds, tokens = speed(engine, prompts, new, repeats)
-        ms[mode] = seconds * 1000 / n
-        figures.append(figure(f"{mode}: ms per item", ms[mode], "ms"))
-        figures.append(figure(f"{mode}: generated tokens/s", tokens / seconds, "tok/s"))
-        ids = greedy_ids(engine, prompts, new)
-        if ref is None:
-            ref = ids
-        else:
-            tokens_same, whole, prefix = agreement(ref, ids)
-            figures.append(
-                figure(f"{mode}: greedy tokens identical to float32", tokens_same * 100, "%")
-            )
-            figures.append(figure(f"{mode}: outputs identical to float32", whole * 100, "%"))
-            figures.append(figure(f"{mode}: tokens before the first difference", prefix * 100, "%"))
-        engine.close()
+    for variant in ("trained", "random"):
+        model = llama_dir(trained=variant == "trained")
+        ref: list[list[int]] | None = None
+        prompts: list[str] = []
+        for mode, opts in MODES.items():
+            try:
+                engine = load_engine(WorkerOptions(model=str(model), device="cpu", **opts))
+            except EngineError as exc:
+                notes.append(f"{mode}: refused: {exc}")
+                continue
+            if not prompts:
+                if variant == "trained":
+                    prompts = chain_texts(n, (3, 30), seed=77)
+                else:
+                    prompts = common.make_prompts(n, engine.tokenizer, lo=5, hi=60)
+                params = sum(p.numel() for p in engine.model.parameters())
+            if variant == "trained":  # the speed is the same for both weight sets
+                speed(engine, prompts[:8], 4, 1)  # warm-up (first-call allocations)
+                seconds, tokens = speed(engine, prompts, new, repeats)
+                ms[mode] = seconds * 1000 / n
+                figures.append(figure(f"{mode}: ms per item", ms[mode], "ms"))
+                figures.append(figure(f"{mode}: generated tokens/s", tokens / seconds, "tok/s"))
+            ids = greedy_ids(engine, prompts, new)
+            if ref is None:
+                ref = ids
+            else:
+                same, whole, prefix = agreement(ref, ids)
+                forced, _, _ = agreement(ref, forced_ids(engine, prompts, ref))
+                for name, value in (
+                    ("greedy tokens identical to float32", same),
+                    ("outputs identical to float32", whole),
+                    ("tokens before the first difference", prefix),
+                    ("next token equal to float32's on its prefix", forced),
+                ):
+                    figures.append(figure(f"{variant} weights, {mode}: {name}", value * 100, "%"))
+            engine.close()
     for mode in ("bfloat16", "int8"):
         if mode in ms and "float32" in ms:
             figures.append(
@@ -198,8 +262,10 @@ def run(n: int, new: int, threads: int, repeats: int = 2) -> common.Report:
     return {
         "title": "CPU speed options: float32 vs bfloat16 vs int8 (Llama-shape model)",
         "setup": (
-            f"{params / 1e6:.1f} M parameters (8 layers, hidden 512, 8/2 heads, random "
-            f"weights, std {INIT_STD}), {n} prompts of 5-60 tokens, {new} new tokens each "
+            f"{params / 1e6:.1f} M parameters (8 layers, hidden 512, 8/2 heads); 'trained': "
+            f"up to {TRAIN_STEPS} steps on a word chain, prompts of 3-30 chain words; "
+            f"'random': weights N(0, {INIT_STD}), prompts of 5-60 tokens; {n} prompts, "
+            f"{new} new tokens each "
             f"(greedy, min = max), {threads} torch threads, best of {repeats}; CPU flags: "
             f"{', '.join(native) or 'none of avx512_bf16/amx'}"
         ),

@@ -29,28 +29,42 @@ from genqueue.worker.engines.base import GenRequest, ModelInfo
 _VERSION = 1
 
 
-def reuse_key(
-    request: GenRequest, info: ModelInfo, *, truncate: bool, max_prompt_chars: int | None
-) -> str | None:
-    """The request's reuse key (32 hex digits), or None when its output is not
-    reproducible (sampling without a seed)."""
-    params = request.params
-    if params.do_sample and request.seed is None:
-        return None
-    what = {
-        "v": _VERSION,
-        "model": info.model_ref,
-        "revision": info.revision,
-        "engine": info.engine,
-        "params": params.model_dump(mode="json"),
-        "seed": request.seed,
-        "prompt": request.prompt if request.messages is None else None,
-        "messages": list(request.messages) if request.messages is not None else None,
-        "chat_template": request.chat_template if request.messages is not None else None,
-        "truncate": [truncate, max_prompt_chars if truncate else None],
-    }
-    text = json.dumps(what, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def reuse_keys(
+    requests: Sequence[GenRequest], info: ModelInfo, *, truncate: bool, max_prompt_chars: int
+) -> dict[int, str | None]:
+    """Each request's reuse key (32 hex digits), or None when its output is not
+    reproducible (sampling without a seed). What the requests share (model, engine,
+    params: usually one object for a whole task) is encoded once."""
+    shared: dict[int, bytes] = {}
+    keys: dict[int, str | None] = {}
+    for q in requests:
+        params = q.params
+        if params.do_sample and q.seed is None:
+            keys[q.key] = None
+            continue
+        head = shared.get(id(params))
+        if head is None:
+            head = shared[id(params)] = _encode(
+                {
+                    "v": _VERSION,
+                    "model": info.model_ref,
+                    "revision": info.revision,
+                    "engine": info.engine,
+                    "params": params.model_dump(mode="json"),
+                    "truncate": [truncate, max_prompt_chars if truncate else None],
+                }
+            )
+        digest = hashlib.sha256(head)
+        if q.messages is None:  # the common case, kept cheap: no JSON per item
+            digest.update(f"\x00p{q.seed}\x00{q.prompt}".encode())
+        else:
+            digest.update(b"\x00m" + _encode([q.seed, list(q.messages), q.chat_template]))
+        keys[q.key] = digest.hexdigest()[:32]
+    return keys
+
+
+def _encode(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def take_reusable(

@@ -32,7 +32,7 @@ from genqueue.worker.batching import BatchPolicy, generate_all
 from genqueue.worker.engines.base import Engine, GenRequest
 from genqueue.worker.heartbeat import Heartbeat
 from genqueue.worker.requests import build_requests, to_new_result
-from genqueue.worker.reuse import reuse_key, take_reusable
+from genqueue.worker.reuse import reuse_keys, take_reusable
 from genqueue.worker.transient import retry_transient
 from genqueue.worker.writer import Writer
 
@@ -184,13 +184,12 @@ def prepare(ctx: WorkerContext, task_id: int, *, begin: bool = True) -> Running 
     )
     try:
         run.requests = build_requests(got)
-        info, policy = ctx.engine.info, run.policy
-        run.keys = {
-            q.key: reuse_key(
-                q, info, truncate=policy.truncate, max_prompt_chars=policy.max_prompt_chars
-            )
-            for q in run.requests
-        }
+        run.keys = reuse_keys(
+            run.requests,
+            ctx.engine.info,
+            truncate=run.policy.truncate,
+            max_prompt_chars=run.policy.max_prompt_chars,
+        )
         if got.job_options.get("reuse"):
             # Copies go out with the first micro-batch (or at the end, when every item
             # was reused), in this attempt's writes like any result.

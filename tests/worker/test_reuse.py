@@ -16,9 +16,9 @@ from genqueue.settings import Settings
 from genqueue.storage.db import Store
 from genqueue.storage.results import iter_results
 from genqueue.storage.status import view_job
-from genqueue.worker.engines.base import GenRequest
+from genqueue.worker.engines.base import GenRequest, ModelInfo
 from genqueue.worker.engines.hf import HFEngine
-from genqueue.worker.reuse import reuse_key
+from genqueue.worker.reuse import reuse_keys
 from genqueue.worker.runner import WorkerContext, run_task
 from tests.schemas import validate_line
 from tests.storage.factories import task_ids
@@ -88,32 +88,31 @@ def test_sampling_is_reused_only_with_a_seed(store: Store, gpt2: HFEngine, tmp_p
     assert all("reused_from" not in ln for ln in unseeded)
 
 
+def _key(q: GenRequest, info: ModelInfo, *, truncate: bool = False) -> str | None:
+    return reuse_keys([q], info, truncate=truncate, max_prompt_chars=100)[q.key]
+
+
 def test_the_key_covers_model_revision_engine_and_rendered_prompt(gpt2: HFEngine) -> None:
     info = gpt2.info
     q = GenRequest(key=0, prompt="hi", params=GenerationParams())
-    key = reuse_key(q, info, truncate=False, max_prompt_chars=None)
+    key = _key(q, info)
     assert key is not None and len(key) == 32
+    chat = dataclasses.replace(q, messages=({"role": "user", "content": "hi"},))
     others = [
-        reuse_key(
-            q, dataclasses.replace(info, revision="local-0"), truncate=False, max_prompt_chars=None
-        ),
-        reuse_key(
-            q, dataclasses.replace(info, model_ref="/other"), truncate=False, max_prompt_chars=None
-        ),
-        reuse_key(
-            q, dataclasses.replace(info, engine="hf+int8"), truncate=False, max_prompt_chars=None
-        ),
-        reuse_key(q, info, truncate=True, max_prompt_chars=100),
-        reuse_key(
-            dataclasses.replace(q, messages=({"role": "user", "content": "hi"},)),
-            info,
-            truncate=False,
-            max_prompt_chars=None,
-        ),
+        _key(q, dataclasses.replace(info, revision="local-0")),
+        _key(q, dataclasses.replace(info, model_ref="/other")),
+        _key(q, dataclasses.replace(info, engine="hf+int8")),
+        _key(q, info, truncate=True),
+        _key(dataclasses.replace(q, seed=1), info),
+        _key(dataclasses.replace(q, params=GenerationParams(max_new_tokens=5)), info),
+        _key(chat, info),
+        _key(dataclasses.replace(chat, chat_template="{{ messages }}"), info),
     ]
     assert key not in others and len(set(others)) == len(others)
-    chat = dataclasses.replace(q, messages=({"role": "user", "content": "hi"},))
-    templated = dataclasses.replace(chat, chat_template="{{ messages }}")
-    assert reuse_key(chat, info, truncate=False, max_prompt_chars=None) != reuse_key(
-        templated, info, truncate=False, max_prompt_chars=None
+    # The same request gives the same key, alone or among others (shared parts cached).
+    many = reuse_keys(
+        [dataclasses.replace(q, key=5, prompt="x"), q], info, truncate=False, max_prompt_chars=1
     )
+    assert many[0] == key
+    sampled = dataclasses.replace(q, params=GenerationParams(do_sample=True))
+    assert _key(sampled, info) is None and _key(dataclasses.replace(sampled, seed=3), info)
