@@ -59,6 +59,7 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     deadline: str | None = Field(None, max_length=64, description="30m, 24h, 2d or ISO time")
     truncate: bool = False
+    reuse: bool = Field(False, description="Copy results of identical items that already succeeded")
     chat: bool = False
     system: str | None = Field(None, max_length=100_000)
     format: str | None = Field(None, max_length=16, description="jsonl, csv, parquet, openai")
@@ -115,6 +116,7 @@ def _spec(ctx: ApiContext, caller: Caller, body: JobCreate, key: str | None) -> 
         deadline=_deadline(body.deadline),
         idempotency_key=key,
         truncate=body.truncate,
+        reuse=body.reuse,
         chat=body.chat,
         system=body.system,
         tenant=caller.tenant,

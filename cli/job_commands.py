@@ -218,6 +218,8 @@ def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
     table.add_row("items", ", ".join(f"{k} {v}" for k, v in st["counts"].items()))
     if st["duplicate_executions"]:
         table.add_row("duplicate executions", str(st["duplicate_executions"]))
+    if st.get("reused"):
+        table.add_row("reused", f"{st['reused']} items copied from identical earlier items")
     for j in st.get("jobs", ()):
         c = j["counts"]
         done = JobCounts.from_dict(c).done

@@ -103,6 +103,14 @@ _JOB: tuple[Param, ...] = (
         help="Cut prompts that exceed the model's context instead of failing them",
     ),
     _opt(
+        "reuse",
+        bool,
+        False,
+        help="Copy the result of any item identical to one that already succeeded "
+        "(same model revision, engine, params with seed, and prompt) instead of "
+        "generating it again",
+    ),
+    _opt(
         "trust_remote_code",
         bool,
         False,
@@ -191,6 +199,7 @@ class JobOptions:
             "deadline": parse_deadline(v.get("deadline")),
             "idempotency_key": v.get("idempotency_key"),
             "truncate": v["truncate"],
+            "reuse": v["reuse"],
             "trust_remote_code": v["trust_remote_code"],
             "chat": v["chat"],
             "system": v.get("system"),

@@ -93,6 +93,9 @@ class ResultLine(BaseModel):
     logprobs: Logprobs | None = None
     #: Every label's total log-probability given the prompt (with `score_choices`).
     choice_scores: dict[str, float] | None = None
+    #: Present only when `--reuse` copied this result from an identical succeeded item
+    #: (same model revision, engine, params and rendered prompt): that item's job id.
+    reused_from: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -128,6 +131,7 @@ class ResultLine(BaseModel):
         incomplete: bool | None = None,
         logprobs: list[Any] | None = None,
         choice_scores: dict[str, float] | None = None,
+        reused_from: str | None = None,
     ) -> ResultLine:
         """The line for a stored result (columns as in the `results` table; no row yet:
         status None, reported `pending`)."""
@@ -158,6 +162,7 @@ class ResultLine(BaseModel):
                 "incomplete": bool(incomplete),
                 "logprobs": logprobs[0] if logprobs else None,
                 "choice_scores": choice_scores,
+                "reused_from": reused_from,
             }
         )
 
@@ -189,6 +194,7 @@ class ResultLine(BaseModel):
             "incomplete": self.incomplete,
             "logprobs": _json_text(self.logprobs.model_dump() if self.logprobs else None),
             "choice_scores": _json_text(self.choice_scores),
+            "reused_from": self.reused_from,
         }
 
 
@@ -216,4 +222,5 @@ FLAT_COLUMNS: tuple[tuple[str, Literal["string", "int", "bool", "list"]], ...] =
     ("incomplete", "bool"),
     ("logprobs", "string"),  # JSON text: {"content": [...]}
     ("choice_scores", "string"),  # JSON text: {label: logprob}
+    ("reused_from", "string"),
 )

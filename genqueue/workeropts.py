@@ -29,7 +29,16 @@ class WorkerOptions(BaseModel):
     )
     revision: str | None = Field(None, description="Model revision (hub branch, tag or commit)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: str = Field("auto", description="auto | float32 | float16 | bfloat16")
+    dtype: str = Field(
+        "auto",
+        description="auto | float32 | float16 | bfloat16 (on CPU: bfloat16 needs "
+        "AVX512-BF16 or AMX, else it is refused)",
+    )
+    quantize: str = Field(
+        "none",
+        description="none | int8: dynamic int8 quantisation of the model's linear layers "
+        "(hf engine on CPU, float32)",
+    )
     threads: int = Field(0, ge=0, description="CPU threads per process (0 = split the cores)")
     tensor_parallel: int = Field(1, ge=1, description="GPUs per process (deepspeed engine)")
     trust_remote_code: bool = Field(

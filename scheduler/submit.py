@@ -67,6 +67,9 @@ class JobSpec:
     idempotency_key: str | None = None
     truncate: bool = False
     trust_remote_code: bool = False
+    #: Copy the result of an item identical to one that already succeeded (same model
+    #: revision, engine, params with seed, rendered prompt) instead of generating it.
+    reuse: bool = False
     #: Send each prompt through the model's chat template as the user turn (kind "chat"
     #: always does), with `system` as the system message where a record has none.
     chat: bool = False
@@ -341,6 +344,7 @@ def _create_job(
         webhook_url=spec.webhook_url,
         options={
             "truncate": spec.truncate,
+            "reuse": spec.reuse,
             "trust_remote_code": spec.trust_remote_code,
             "defaults": spec.defaults,
             "chat": chat,

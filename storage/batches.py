@@ -73,6 +73,7 @@ class BatchView:
             "models": [j["model"] for j in jobs],
             "counts": self.counts.to_dict(),
             "duplicate_executions": sum(j["duplicate_executions"] for j in jobs),
+            "reused": sum(j["reused"] for j in jobs),
             "metadata": self.batch.meta,
             "input": self.batch.input_name,
             "created_at": created.isoformat() if created else None,

@@ -57,7 +57,7 @@ def complete_task(
             began = begin_in(s, begin_next) if begin_next is not None else None
             return Completed(0, 0, "gone", None, began)
         ins = insert_rows(s, claim, results)
-        count_duplicates(s.connection(), claim.job_id, ins.duplicates)
+        count_duplicates(s.connection(), claim.job_id, ins.duplicates, ins.reused)
         state = end_attempt_in(
             s,
             claim,

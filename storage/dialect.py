@@ -217,6 +217,8 @@ RESULT_COLUMNS = (
     ("incomplete", "bool"),
     ("logprobs", "text"),
     ("choice_scores", "text"),
+    ("reuse_key", "text"),
+    ("reused_from", "text"),
 )
 RESULT_SHARED = ("job_id", "task_id", "attempt", "worker", "created_at")
 _JSON_COLUMNS = ("outputs", "finish_reasons", "raw_outputs", "parsed", "logprobs", "choice_scores")
@@ -225,7 +227,7 @@ _RESULT_HEAD = (
     + ", ".join(name for name, _ in RESULT_COLUMNS)
     + ") "
 )
-_ON_CONFLICT = " ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status"
+_ON_CONFLICT = " ON CONFLICT (job_id, idx) DO NOTHING RETURNING idx, status, reused_from"
 #: PostgreSQL: one INSERT over arrays, one per column. Its text never changes with the
 #: number of rows, so the driver parses it once; a multi-row VALUES statement is a new,
 #: long query text for every batch size, and parsing it cost more than the insert.
@@ -250,7 +252,7 @@ def insert_results(
     bind: Session | Connection, shared: tuple[Any, ...], rows: list[tuple[Any, ...]]
 ) -> list[Any]:
     """Insert result rows (first writer wins: a row whose item has one already is
-    skipped); returns (idx, status) of the rows inserted."""
+    skipped); returns (idx, status, reused_from) of the rows inserted."""
     conn = _conn(bind)
     if backend(conn) == POSTGRES:
         params = dict(zip(RESULT_SHARED, shared, strict=True))

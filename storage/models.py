@@ -150,6 +150,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
     total_items: Mapped[int] = mapped_column(Integer, default=0)
     duplicate_executions: Mapped[int] = mapped_column(Integer, default=0)
+    #: Items whose result was copied from an identical succeeded item (`--reuse`).
+    reused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -256,8 +258,15 @@ class Result(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: What makes this result reproducible: a digest of the model revision, engine,
+    #: params (seed included) and rendered prompt (worker/reuse.py); NULL when it is not
+    #: (sampling without a seed). `--reuse` copies a succeeded result with the same key.
+    reuse_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: The job whose result this one copies (`--reuse`), or NULL when it was generated.
+    reused_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     # The primary key (job_id, idx) is what makes writes idempotent: first writer wins.
+    __table_args__ = (Index("ix_results_reuse_key", "reuse_key"),)
 
 
 class Attempt(Base):

@@ -46,6 +46,9 @@ class NewResult:
     incomplete: bool | None = None
     logprobs: list[Any] | None = None
     choice_scores: dict[str, float] | None = None
+    #: See Result.reuse_key / Result.reused_from.
+    reuse_key: str | None = None
+    reused_from: str | None = None
 
 
 def write_results(store: Store, claim: Claim, results: Sequence[NewResult]) -> tuple[int, int]:
@@ -91,6 +94,8 @@ def row_values(r: NewResult) -> tuple[Any, ...]:
         r.incomplete,
         _json(r.logprobs),
         _json(r.choice_scores),
+        r.reuse_key,
+        r.reused_from,
     )
 
 
@@ -105,6 +110,7 @@ class Inserted:
     duplicates: int  # rows another execution had already written
     succeeded: int  # of the inserted rows
     failed: int
+    reused: int = 0  # of the inserted rows: copies of an identical item's result
 
 
 def insert_rows(s: Session, claim: Claim, results: Sequence[NewResult]) -> Inserted:
@@ -116,6 +122,7 @@ def insert_rows(s: Session, claim: Claim, results: Sequence[NewResult]) -> Inser
     inserted = dialect.insert_results(s, shared, [row_values(r) for r in results])
     ok = sum(1 for row in inserted if row.status == ResultStatus.SUCCEEDED.value)
     bad = len(inserted) - ok
+    reused = sum(1 for row in inserted if row.reused_from is not None)
     dups = len(results) - len(inserted)
     if dups:
         # A conflict with a `cancelled`/`expired` row is not a second execution:
@@ -134,7 +141,7 @@ def insert_rows(s: Session, claim: Claim, results: Sequence[NewResult]) -> Inser
             )
             or 0
         )
-    return Inserted(len(inserted), dups, ok, bad)
+    return Inserted(len(inserted), dups, ok, bad, reused)
 
 
 def insert_results(s: Session, claim: Claim, results: Sequence[NewResult]) -> tuple[int, int]:
@@ -157,17 +164,19 @@ def insert_results(s: Session, claim: Claim, results: Sequence[NewResult]) -> tu
             duplicates=_A.c.duplicates + ins.duplicates,
         )
     )
-    count_duplicates(conn, claim.job_id, ins.duplicates)
+    count_duplicates(conn, claim.job_id, ins.duplicates, ins.reused)
     return ins.written, ins.duplicates
 
 
-def count_duplicates(conn: Any, job_id: str, dups: int) -> None:
+def count_duplicates(conn: Any, job_id: str, dups: int, reused: int = 0) -> None:
+    """Add to the job's counters of duplicate executions and of reused items."""
+    values: dict[str, Any] = {}
     if dups:
-        conn.execute(
-            update(_J)
-            .where(_J.c.id == job_id)
-            .values(duplicate_executions=_J.c.duplicate_executions + dups)
-        )
+        values["duplicate_executions"] = _J.c.duplicate_executions + dups
+    if reused:
+        values["reused"] = _J.c.reused + reused
+    if values:
+        conn.execute(update(_J).where(_J.c.id == job_id).values(**values))
 
 
 #: The result columns a result line is built from (`ResultLine.from_stored`).
@@ -187,6 +196,7 @@ LINE_COLUMNS = (
     "incomplete",
     "logprobs",
     "choice_scores",
+    "reused_from",
 )
 
 

@@ -82,6 +82,7 @@ class JobView:
             "input": j.input_name,
             "counts": self.counts.to_dict(),
             "duplicate_executions": j.duplicate_executions,
+            "reused": j.reused or 0,
             "error": j.error,
             "created_at": ts(j.created_at),
             "started_at": ts(j.started_at),

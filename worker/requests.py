@@ -30,10 +30,14 @@ def build_requests(claim: Claim) -> list[GenRequest]:
 
 
 def to_new_result(
-    r: GenResult, latency_ms: float, params: GenerationParams | None = None
+    r: GenResult,
+    latency_ms: float,
+    params: GenerationParams | None = None,
+    reuse_key: str | None = None,
 ) -> NewResult:
     """The row to store for an engine result (a failure keeps its code and message):
-    JSON outputs parsed, post-processing applied (the raw generation kept)."""
+    JSON outputs parsed, post-processing applied (the raw generation kept). A success
+    keeps `reuse_key` (worker/reuse.py), so later jobs can reuse it."""
     if r.error is not None:
         return NewResult(
             idx=r.key,
@@ -72,4 +76,5 @@ def to_new_result(
         completion_tokens=r.completion_tokens,
         truncated=r.truncated,
         latency_ms=latency_ms,
+        reuse_key=reuse_key,
     )

@@ -32,6 +32,7 @@ from genqueue.worker.batching import BatchPolicy, generate_all
 from genqueue.worker.engines.base import Engine, GenRequest
 from genqueue.worker.heartbeat import Heartbeat
 from genqueue.worker.requests import build_requests, to_new_result
+from genqueue.worker.reuse import reuse_keys, take_reusable
 from genqueue.worker.transient import retry_transient
 from genqueue.worker.writer import Writer
 
@@ -122,6 +123,8 @@ class Running:
     outcome: str = "done"
     error: str | None = None
     held: list[NewResult] = field(default_factory=list)  # last micro-batch: written at finish
+    #: Each request's reuse key (worker/reuse.py), stored with its result.
+    keys: dict[int, str | None] = field(default_factory=dict)
     #: Set when the model thread takes this task (see Pipeline._run_loop).
     started: threading.Event = field(default_factory=threading.Event)
 
@@ -181,6 +184,20 @@ def prepare(ctx: WorkerContext, task_id: int, *, begin: bool = True) -> Running 
     )
     try:
         run.requests = build_requests(got)
+        run.keys = reuse_keys(
+            run.requests,
+            ctx.engine.info,
+            truncate=run.policy.truncate,
+            max_prompt_chars=run.policy.max_prompt_chars,
+        )
+        if got.job_options.get("reuse"):
+            # Copies go out with the first micro-batch (or at the end, when every item
+            # was reused), in this attempt's writes like any result.
+            run.requests, run.held = retry_transient(
+                lambda: take_reusable(ctx.store, got, run.requests, run.keys),
+                what=f"looking up reusable results for task {task_id}",
+                stop=ctx.stop,
+            )
     except BaseException as exc:
         run.outcome, run.error = "error", f"{type(exc).__name__}: {exc}"
         complete(ctx, run)
@@ -231,7 +248,10 @@ def generate(ctx: WorkerContext, run: Running) -> None:
                 started = now
                 if run.held:
                     run.writer.send(run.held)
-                run.held = [to_new_result(r, per_item, params.get(r.key)) for r in batch]
+                run.held = [
+                    to_new_result(r, per_item, params.get(r.key), run.keys.get(r.key))
+                    for r in batch
+                ]
                 hb.batch_started = time.monotonic()
         finally:
             hb.generating = False

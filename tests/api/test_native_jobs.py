@@ -138,3 +138,19 @@ def test_invalid_input_is_a_400_with_line_numbers(api_server: ApiServer) -> None
         assert r.status_code == 400 and "top_p" in r.json()["error"]["message"]
         r = http.post("/v1/jobs", content=b"{nope", headers={"content-type": "application/json"})
         assert r.status_code == 400
+
+
+def test_reuse_copies_identical_items_and_counts_them(api_server: ApiServer) -> None:
+    records = [{"custom_id": f"q{i}", "prompt": f"reuse me {i}"} for i in range(3)]
+    spec = {"model": "gpt2", "params": {"max_new_tokens": 3}, "records": records}
+    with api_server.http("bob") as http:
+        first = http.post("/v1/jobs", json=spec).json()["job_id"]
+        assert wait_job(http, first)["reused"] == 0
+        again = {**spec, "records": [*records[:2], {"prompt": "something new"}], "reuse": True}
+        second = http.post("/v1/jobs", json=again).json()["job_id"]
+        st = wait_job(http, second)
+        assert st["state"] == "completed" and st["reused"] == 2, st
+        lines = [json.loads(x) for x in http.get(f"/v1/jobs/{second}/results").text.splitlines()]
+        for ln in lines:
+            validate_line(ln)
+        assert [ln.get("reused_from") for ln in lines] == [first, first, None]

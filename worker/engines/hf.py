@@ -29,6 +29,7 @@ from genqueue.protocol import context_length
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
 from genqueue.worker.engines.constrained import GrammarCache, GrammarMask, OpenAIPenalties
+from genqueue.worker.engines.precision import check_precision, quantize_int8
 from genqueue.worker.engines.prompts import PromptCodec
 from genqueue.worker.engines.scoring import label_scores, token_logprobs
 from genqueue.worker.errors import EngineError
@@ -55,6 +56,7 @@ class HFEngine:
         model_ref = check_model_ref(options.model)
         self.device = resolve_device(options.device)
         torch_dtype = resolve_dtype(options.dtype, self.device)
+        precision = check_precision(options, self.engine_name, self.device, torch_dtype)
         self.host_memory_limit_mb = options.host_memory_limit_mb
         trust = options.trust_remote_code
         common: dict[str, Any] = {"revision": options.revision, "trust_remote_code": trust}
@@ -78,7 +80,10 @@ class HFEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.prompts = PromptCodec(self.tokenizer, encoder_decoder=self.is_encoder_decoder)
-        self.model = self._wrap_model(model.to(self.device).eval())
+        model = model.to(self.device).eval()
+        if options.quantize == "int8":
+            model = quantize_int8(model, model_ref)
+        self.model = self._wrap_model(model)
         gen_eos = model.generation_config.eos_token_id
         eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
@@ -92,7 +97,10 @@ class HFEngine:
         self.info = ModelInfo(
             model_ref=model_ref,
             revision=loaded_revision,
-            engine=self.engine_name,
+            # The precision is part of what ran (it changes outputs): "hf", "hf+int8", ...
+            engine=self.engine_name
+            if precision == "float32"
+            else f"{self.engine_name}+{precision}",
             is_encoder_decoder=self.is_encoder_decoder,
             max_context=context_length(config.to_dict()),
             device=str(self.device),
