@@ -64,3 +64,8 @@ def test_json_schema_is_a_file_or_inline_json(tmp_path: Path) -> None:
         JobOptions({"json_schema": str(tmp_path / "missing.json")}).params()
     with pytest.raises(OptionError, match="is not valid JSON"):
         JobOptions({"json_schema": "{nope"}).params()
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_reuse_is_a_job_flag(command: str) -> None:
+    assert {"--reuse", "--no-reuse"} <= flags(command)
