@@ -54,3 +54,17 @@ def test_params_vllm_maps_are_accepted() -> None:
     )
     assert unsupported(params) is None
     assert unsupported(GenerationParams(json_schema={"type": "object"})) is None
+
+
+def test_an_engine_that_batches_continuously_gets_whole_calls() -> None:
+    """`continuous_batch` engines get that many requests per call, without a token
+    budget; others keep the worker's micro-batch settings."""
+    import sys
+    from types import SimpleNamespace
+
+    from genqueue.worker.batching import BatchPolicy, for_engine
+
+    policy = BatchPolicy(token_budget=1000, max_batch_size=8, truncate=True)
+    assert for_engine(policy, SimpleNamespace()) == policy  # type: ignore[arg-type]
+    got = for_engine(policy, SimpleNamespace(continuous_batch=300))  # type: ignore[arg-type]
+    assert got.max_batch_size == 300 and got.token_budget == sys.maxsize and got.truncate
