@@ -126,9 +126,19 @@ def raw_vllm(model: str, batch: str, new: int) -> None:
     params = SamplingParams(max_tokens=new, temperature=0.0)
     llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up
     print(json.dumps({"startup": time.perf_counter() - t0}), flush=True)
-    for _ in sys.stdin:
+    chunk = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+    by_length = sorted(prompts, key=lambda p: len(p["prompt_token_ids"]))
+    for command in sys.stdin:
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
+        if command.strip() == "chunked":
+            # genqueue's shape: sorted by length, calls of at most max_num_seqs.
+            outs = [
+                o
+                for k in range(0, len(by_length), chunk)
+                for o in llm.generate(by_length[k : k + chunk], params, use_tqdm=False)
+            ]
+        else:
+            outs = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - t0
         tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
         print(json.dumps({"seconds": seconds, "tokens": tokens}), flush=True)
@@ -156,9 +166,9 @@ class RawVLLM:
                 return result
         raise RuntimeError(f"raw vLLM child exited {self.proc.wait()}")
 
-    def run(self) -> dict[str, float]:
+    def run(self, how: str = "one-call") -> dict[str, float]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write(how + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -231,6 +241,7 @@ def bench_model(name: str, model: Path, n: int, new: int, rounds: int) -> common
     raw: list[dict[str, float]] = []
     gq_vllm: list[dict[str, float]] = []
     gq_hf: list[dict[str, float]] = []
+    chunked: list[dict[str, float]] = []
     with common.scratch_dir("vllm-bench-") as tmp:
         batch = write_batch(tmp / "batch.jsonl", model, n, new, tok)
         child = RawVLLM(model, batch, new)
@@ -240,6 +251,7 @@ def bench_model(name: str, model: Path, n: int, new: int, rounds: int) -> common
                 for _ in range(rounds):
                     raw.append(child.run())
                     gq_vllm.append(genqueue_job(dep, batch))
+                    chunked.append(child.run("chunked"))
         finally:
             child.close()
         with deployment("embedded") as dep:
@@ -264,6 +276,12 @@ def bench_model(name: str, model: Path, n: int, new: int, rounds: int) -> common
             target=">= 0.95",
             note="median of per-round ratios",
         ),
+        common.figure(
+            "LLM.generate in genqueue's shape",
+            ms(chunked),
+            "ms/item",
+            note="sorted by length, calls of max_num_seqs; median",
+        ),
         common.figure("genqueue vllm vs genqueue hf", ms(gq_hf) / ms(gq_vllm), "x"),
         common.figure("vLLM start-up, LLM() + warm-up", child.startup, "s"),
         common.figure("genqueue vllm worker ready, load + warm-up job", vllm_ready, "s"),
@@ -284,6 +302,8 @@ def bench_model(name: str, model: Path, n: int, new: int, rounds: int) -> common
             + ", ".join(f"{r['seconds']:.1f}" for r in raw)
             + "; genqueue vllm "
             + ", ".join(f"{g['seconds']:.1f}" for g in gq_vllm)
+            + "; LLM.generate in genqueue's shape "
+            + ", ".join(f"{r['seconds']:.1f}" for r in chunked)
             + "; genqueue hf "
             + ", ".join(f"{g['seconds']:.1f}" for g in gq_hf),
             "completion tokens: " + ", ".join(f"{k} {int(v)}" for k, v in tokens.items()),
