@@ -76,6 +76,11 @@ class VLLMEngine:
             # In-process engine core: no second process, and no core kept back for one.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            if 0 < options.threads < (os.cpu_count() or 1):
+                # Several processes share the cores (the supervisor split them): vLLM's
+                # automatic binding would pin every process's threads to all of them.
+                # Keep the split (OMP_NUM_THREADS) and let the OS place the threads.
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         trust = options.trust_remote_code
         common: dict[str, Any] = {"revision": options.revision, "trust_remote_code": trust}
         try:
