@@ -25,7 +25,7 @@ class WorkerOptions(BaseModel):
         "(hub id, local directory, or tiny-gpt2 / tiny-t5)"
     )
     engine: str = Field(
-        "hf", description="hf | deepspeed | dry-run, or package.module:Class for your own"
+        "hf", description="hf | deepspeed | vllm | dry-run, or package.module:Class for your own"
     )
     revision: str | None = Field(None, description="Model revision (hub branch, tag or commit)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

@@ -9,6 +9,7 @@ item (too long, fails to generate, does not fit in memory alone) become that ite
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,6 +42,16 @@ class BatchPolicy:
     #: A prompt (or conversation) longer than this is never tokenised: it fails alone,
     #: or with `truncate` is cut by characters first (GENQUEUE_MAX_PROMPT_CHARS).
     max_prompt_chars: int = InputLimits().max_prompt_chars
+
+
+def for_engine(policy: BatchPolicy, engine: Engine) -> BatchPolicy:
+    """The policy as `engine` wants it. An engine that batches continuously itself
+    (vLLM) says how many requests it wants per call (`continuous_batch`): it gets that
+    many, and no token budget, since its own scheduler bounds memory."""
+    items = getattr(engine, "continuous_batch", None)
+    if isinstance(items, int) and not isinstance(items, bool) and items > 0:
+        return replace(policy, token_budget=sys.maxsize, max_batch_size=items)
+    return policy
 
 
 @dataclass

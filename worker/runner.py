@@ -28,7 +28,7 @@ from genqueue.storage.completion import complete_task
 from genqueue.storage.db import Store
 from genqueue.storage.models import ResultStatus
 from genqueue.storage.results import NewResult
-from genqueue.worker.batching import BatchPolicy, generate_all
+from genqueue.worker.batching import BatchPolicy, for_engine, generate_all
 from genqueue.worker.engines.base import Engine, GenRequest
 from genqueue.worker.heartbeat import Heartbeat
 from genqueue.worker.requests import build_requests, to_new_result
@@ -175,11 +175,14 @@ def prepare(ctx: WorkerContext, task_id: int, *, begin: bool = True) -> Running 
         hb=hb,
         writer=Writer(ctx, got),
         requests=[],
-        policy=BatchPolicy(
-            token_budget=s.token_budget,
-            max_batch_size=s.max_batch_size,
-            truncate=bool(got.job_options.get("truncate")),
-            max_prompt_chars=s.max_prompt_chars,
+        policy=for_engine(
+            BatchPolicy(
+                token_budget=s.token_budget,
+                max_batch_size=s.max_batch_size,
+                truncate=bool(got.job_options.get("truncate")),
+                max_prompt_chars=s.max_prompt_chars,
+            ),
+            ctx.engine,
         ),
     )
     try:

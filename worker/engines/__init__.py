@@ -1,7 +1,8 @@
 """Model engines and the registry that loads them by name.
 
 Importing this package is cheap (no torch): the scheduler side and `--engine dry-run`
-workers never pay for torch; "hf" and "deepspeed" import it when loaded.
+workers never pay for torch; "hf" and "deepspeed" import it when loaded, and "vllm"
+imports vLLM (an optional extra, genqueue[vllm]) only when chosen.
 
 Every engine, built-in or your own (`--engine package.module:Class`), is constructed the
 same way: `Engine(options)`, with the worker's `WorkerOptions` (its `model` already
@@ -45,6 +46,7 @@ _BUILT_IN = {
     "hf": "genqueue.worker.engines.hf:HFEngine",
     "deepspeed": "genqueue.worker.engines.deepspeed:DeepSpeedEngine",
     "dry-run": "genqueue.worker.engines.dryrun:DryRunEngine",
+    "vllm": "genqueue.worker.engines.vllm:VLLMEngine",
 }
 ENGINE_NAMES = tuple(_BUILT_IN)
 #: What an engine must provide (see engines/base.py).

@@ -90,6 +90,9 @@ class Engine(Protocol):
     """A loaded model that generates for micro-batches of requests with equal params."""
 
     info: ModelInfo
+    # Optional: `continuous_batch: int`, for an engine that batches continuously
+    # itself (vLLM): requests per `generate` call, without a token budget (see
+    # batching.for_engine). Without it, micro-batches follow the worker's settings.
 
     def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
         """Each request's prompt as the token ids the model reads (a conversation
