@@ -23,6 +23,11 @@ def test_without_vllm_the_engine_says_how_to_install_it(tiny_gpt2_dir: Path) -> 
         load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="vllm"))
 
 
+def test_vllm_refuses_int8_quantisation_before_loading_anything(tiny_gpt2_dir: Path) -> None:
+    with pytest.raises(EngineError, match=r"--quantize int8 works with the hf engine only"):
+        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="vllm", quantize="int8"))
+
+
 @pytest.mark.parametrize(
     ("params", "named"),
     [

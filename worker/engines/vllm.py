@@ -66,6 +66,11 @@ class VLLMEngine:
 
     def __init__(self, options: WorkerOptions) -> None:
         model_ref = check_model_ref(options.model)
+        if options.quantize.lower() != "none":
+            raise EngineError(
+                f"--quantize {options.quantize} works with the hf engine only (not 'vllm'): "
+                "drop --quantize, or use --engine hf"
+            )
         vllm = _import_vllm()
         import torch
         from transformers import AutoConfig, AutoTokenizer
