@@ -229,6 +229,9 @@ def _build(name: str, out: Path) -> None:
     from tokenizers import processors
     from transformers import GenerationConfig, PreTrainedTokenizerFast
 
+    model: Any
+    tokenizer: Any
+    gen_config: Any
     if name in _BENCH_SHAPES:
         model, tokenizer, gen_config = _bench_model(name)
     elif name == "tiny-gpt2":
@@ -249,7 +252,7 @@ def _build(name: str, out: Path) -> None:
             bos_token_id=eos_id,
             eos_token_id=eos_id,
         )
-        model: Any = GPT2LMHeadModel(config)
+        model = GPT2LMHeadModel(config)
         # No pad token on purpose, like real GPT-2: the engine pads with EOS.
         gen_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id)
     else:
