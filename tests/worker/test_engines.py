@@ -332,3 +332,40 @@ def test_importing_engines_does_not_import_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rows_with_their_own_lengths_share_one_call(gpt2: HFEngine) -> None:
+    """Items that differ only in max_new_tokens and stop strings run in one generate
+    call, each row ending at its own limit: the same outputs, finish reasons and token
+    counts as each item alone (greedy)."""
+    full = gpt2.generate(reqs([PROMPTS[1]], GenerationParams(max_new_tokens=24)))[0].outputs[0]
+    stop = pick_stop(full)
+    params = [
+        GenerationParams(max_new_tokens=3),
+        GenerationParams(max_new_tokens=24, stop=(stop,)),
+        GenerationParams(max_new_tokens=11),
+        GenerationParams(max_new_tokens=24),
+        GenerationParams(max_new_tokens=7, stop=("never-generated-string",)),
+    ]
+    batch = [GenRequest(i, p, params[i]) for i, p in enumerate(PROMPTS)]
+    calls: list[int] = []
+    real = gpt2._model_generate
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(int(kwargs["input_ids"].shape[0]))
+        return real(**kwargs)
+
+    gpt2._model_generate = counting  # type: ignore[method-assign]
+    try:
+        together = gpt2.generate(batch)
+    finally:
+        del gpt2._model_generate
+    assert calls == [5]
+    for req, res in zip(batch, together, strict=True):
+        [alone] = gpt2.generate([req])
+        assert (res.outputs, res.finish_reasons) == (alone.outputs, alone.finish_reasons)
+        assert res.completion_tokens == alone.completion_tokens
+    assert together[1].finish_reasons == ["stop"] and together[1].outputs == [
+        full[: full.find(stop)]
+    ]
+    assert [r.completion_tokens for r in together][::2] == [3, 11, 7]

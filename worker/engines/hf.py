@@ -24,7 +24,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from genqueue.params import GenerationParams
+from genqueue.params import LENGTH_FIELDS, GenerationParams
 from genqueue.protocol import context_length
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
@@ -44,6 +44,9 @@ class HFEngine:
     engine_name = "hf"
     #: Whether one engine spans several GPUs (`tensor_parallel` > 1).
     shards = False
+    #: Params that may differ between the rows of one call: each row ends at its own
+    #: max_new_tokens and stop strings (so variable output lengths share a batch).
+    per_row_params: tuple[str, ...] = tuple(LENGTH_FIELDS)
 
     def __init__(self, options: WorkerOptions) -> None:
         if options.tensor_parallel != 1 and not self.shards:
@@ -135,13 +138,23 @@ class HFEngine:
         Beam search with sampling runs item by item (see `_generate_batch`)."""
         if not requests:
             return []
-        key = requests[0].params.batch_key()
-        if any(r.params.batch_key() != key for r in requests):
+        per_row = frozenset(self.per_row_params)
+        key = requests[0].params.batch_key(per_row)
+        if any(r.params.batch_key(per_row) != key for r in requests):
             raise ValueError("HFEngine.generate needs requests with equal params")
         params = requests[0].params
         with _oom_guard(self.device):
-            if params.do_sample and params.num_beams > 1:
-                return [self._generate_batch([r])[0] for r in requests]
+            if params.num_beams > 1:
+                # Beams reorder rows: each item runs alone, or with items of equal limits.
+                if params.do_sample:
+                    return [self._generate_batch([r])[0] for r in requests]
+                same: dict[tuple[Any, ...], list[GenRequest]] = {}
+                for r in requests:
+                    same.setdefault(r.params.batch_key(), []).append(r)
+                done = {
+                    res.key: res for group in same.values() for res in self._generate_batch(group)
+                }
+                return [done[r.key] for r in requests]
             return self._generate_batch(requests)
 
     def close(self) -> None:
@@ -163,13 +176,26 @@ class HFEngine:
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         if not self.is_encoder_decoder and min(prompt_lens) == 0:
             raise ValueError("empty prompt: a decoder-only model needs at least one prompt token")
+        limits = [r.params.max_new_tokens for r in requests]
+        stops = [r.params.stop for r in requests]
+        # The call runs to the largest limit; each row stops at its own (_RowLimits).
+        params = params.model_copy(update={"max_new_tokens": max(limits)})
         self._check_host_memory(len(requests) * params.num_beams * k, input_len, params)
         seeds = [seed_or_random(r.seed) for r in requests]
         kwargs = self._generate_kwargs(params, seeds)
         start = 1 if self.is_encoder_decoder else input_len  # after decoder_start / prompt
-        if params.stop:
+        if any(stops) or min(limits) != max(limits):
+            rows = params.num_beams if params.num_beams > 1 else k  # rows per item
             kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [_StopStrings(self.tokenizer, params.stop, start, params.min_new_tokens)]
+                [
+                    _RowLimits(
+                        self.tokenizer,
+                        [s for s in stops for _ in range(rows)],
+                        [m for m in limits for _ in range(rows)],
+                        start,
+                        params.min_new_tokens,
+                    )
+                ]
             )
         # Per-row grammars (rows r*k + j are item r's): items with different
         # constraints, or none, share this call.
@@ -217,8 +243,8 @@ class HFEngine:
             if step_logits is not None:
                 res.logprobs = []
             for j in range(k):
-                row = new_tokens[i * k + j]
-                text, reason, used, content = self._finish(row, params)
+                row = new_tokens[i * k + j][: req.params.max_new_tokens]
+                text, reason, used, content = self._finish(row, req.params)
                 res.outputs.append(text)
                 res.finish_reasons.append(reason)
                 res.completion_tokens += used
@@ -366,26 +392,48 @@ class HFEngine:
             )
 
 
-class _StopStrings(StoppingCriteria):
-    """Stops a row once the text it generated (after `min_new` tokens) contains a stop
-    string. Only generated text is searched, never the prompt."""
+class _RowLimits(StoppingCriteria):
+    """Ends each row at its own output limit, or once the text it generated (after
+    `min_new` tokens) contains one of its stop strings. Only generated text is searched,
+    never the prompt, and a finished row is not decoded again."""
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str], start: int, min_new: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        stops: Sequence[Sequence[str]],
+        limits: Sequence[int],
+        start: int,
+        min_new: int,
+    ) -> None:
         self.tokenizer = tokenizer
-        self.stops = tuple(stops)
+        self.stops = [tuple(s) for s in stops]
+        self.limits = list(limits)
         self.start = start
         self.min_new = min_new
         # Every token decodes to at least one byte; a few extra cover multi-byte chars.
-        self.tail = max(len(s.encode()) for s in stops) + 4
+        self.tail = [max((len(x.encode()) for x in s), default=0) + 4 for s in self.stops]
+        self.done = [False] * len(self.stops)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any) -> Any:
-        new = input_ids[:, self.start :]
-        begin = max(self.min_new, new.shape[1] - self.tail)
-        if new.shape[1] <= self.min_new:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        texts = self.tokenizer.batch_decode(new[:, begin:].tolist(), skip_special_tokens=True)
-        done = [any(s in t for s in self.stops) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        produced = input_ids.shape[1] - self.start
+        check = []
+        for row, stops in enumerate(self.stops):
+            if self.done[row]:
+                continue
+            if produced >= self.limits[row]:
+                self.done[row] = True
+            elif stops and produced > self.min_new:
+                check.append(row)
+        if check:
+            begin = [
+                max(self.start + self.min_new, input_ids.shape[1] - self.tail[r]) for r in check
+            ]
+            ids = [input_ids[r, b:].tolist() for r, b in zip(check, begin, strict=True)]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            for row, text in zip(check, texts, strict=True):
+                if any(s in text for s in self.stops[row]):
+                    self.done[row] = True
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 @contextlib.contextmanager
