@@ -164,8 +164,79 @@ class HFEngine:
             torch.cuda.empty_cache()
 
     # -- internals ---------------------------------------------------------------------------
+    def _continuous(self, requests: Sequence[GenRequest]) -> bool:
+        """Whether these requests run through continuous batching (`--hf-batching
+        continuous`): greedy, one sequence, decoder-only, nothing that needs logits
+        processors or per-step outputs (those run static)."""
+        p = requests[0].params
+        return (
+            self.options.hf_batching == "continuous"
+            and self.engine_name == "hf"
+            and not self.is_encoder_decoder
+            and not p.do_sample
+            and p.num_beams == 1
+            and p.num_return_sequences == 1
+            and p.min_new_tokens == 0
+            and p.repetition_penalty == 1.0
+            and not p.no_repeat_ngram_size
+            and not (p.presence_penalty or p.frequency_penalty)
+            and not p.logprobs
+            and all(r.params.grammar() is None and not r.params.score_choices for r in requests)
+        )
+
+    def _generate_continuous(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """transformers' `generate_batch`: requests are scheduled into a paged KV cache
+        and a finished one frees its slot for the next. Each row runs to the largest
+        limit or its EOS, then is cut to its own limit and stop strings (`_finish`)."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        ids = [r.token_ids for r in requests]
+        encoded = self.tokenize(requests) if any(i is None for i in ids) else ids
+        prompts = [list(i) for i in encoded]
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("empty prompt: a decoder-only model needs at least one prompt token")
+        max_new = max(r.params.max_new_tokens for r in requests)
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        cb: dict[str, Any] = {}
+        if self.device.type != "cuda":
+            # Sized to this call: the default sizes the cache from free accelerator memory.
+            page = 256
+            need = sum(-(-(len(p) + max_new) // page) for p in prompts)
+            cb = {"num_blocks": need + 2, "max_batch_tokens": 512, "use_cuda_graph": False}
+        with torch.inference_mode():
+            out = self.model.generate_batch(
+                inputs=prompts,
+                generation_config=config,
+                continuous_batching_config=ContinuousBatchingConfig(**cb),
+                warmup=self.device.type == "cuda",
+            )
+        # Request ids are req_<index> in input order.
+        rows = [list(out[f"req_{i}"].generated_tokens) for i in range(len(prompts))]
+        results = []
+        for req, prompt, row in zip(requests, prompts, rows, strict=True):
+            text, reason, used, _ = self._finish(row[: req.params.max_new_tokens], req.params)
+            results.append(
+                GenResult(
+                    key=req.key,
+                    outputs=[text],
+                    finish_reasons=[reason],
+                    completion_tokens=used,
+                    prompt_tokens=len(prompt),
+                    incomplete=[False],
+                )
+            )
+        return results
+
     def _generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Tokenise with padding, run one `generate`, and post-process each row."""
+        if self._continuous(requests):
+            return self._generate_continuous(requests)
         params = requests[0].params
         k = params.num_return_sequences
         ids = [r.token_ids for r in requests]
