@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import overhead
+import realshape
 import scale
 import scaling
+import startup
 import structured
 import throughput
 
@@ -38,6 +40,8 @@ def plan(quick: bool) -> dict[str, Callable[[], common.Report]]:
     """The benchmarks and their sizes (full, or --quick)."""
     if quick:
         return {
+            "realshape": lambda: realshape.run(64, 1),
+            "startup": lambda: startup.run(128, repeats=1),
             "throughput": lambda: throughput.run(64, 16, models=("tiny-gpt2",), cold=False),
             "overhead": lambda: overhead.run(10_000, (None, 64), celery_messages=1000),
             "scale": lambda: scale.run(100_000),
@@ -45,6 +49,9 @@ def plan(quick: bool) -> dict[str, Callable[[], common.Report]]:
             "structured": lambda: structured.run(64, 16),
         }
     return {
+        # Real-shape models and start-up lead; the tiny models are the overhead view.
+        "realshape": lambda: realshape.run(256, 3, ("bench-llama-25m", "bench-gpt2-124m")),
+        "startup": lambda: startup.run(512, repeats=3),
         "throughput": lambda: throughput.run(256, 64),
         "overhead": lambda: overhead.run(100_000, (None, 64, 512)),
         "scale": lambda: scale.run(1_000_000),
