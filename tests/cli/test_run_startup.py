@@ -56,5 +56,11 @@ def test_stop_redis_ends_the_embedded_server(tmp_path: Path) -> None:
     assert other.pid == pid
     stop_redis(server)
     assert psutil.pid_exists(pid) and other.ping()
+    socket = Path(other.socket_file)
     stop_redis(other)
+    # Gone (a zombie until its parent, init here, reaps it).
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not socket.exists()
+    again, _ = start_redis(tmp_path)  # the state dir starts a fresh server
+    assert again.pid != pid and again.ping()
+    stop_redis(again)
