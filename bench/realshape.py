@@ -122,17 +122,21 @@ def genqueue_runs(
     return out
 
 
-def model_figures(model: str, n: int, repeats: int, variable: bool) -> list[dict[str, Any]]:
+def model_figures(
+    model: str, n: int, repeats: int, variable: bool, configs: list[tuple[int, int]] | None = None
+) -> list[dict[str, Any]]:
     cores = os.cpu_count() or 1
     items = workload(n, variable)
     name = f"{model}, {'variable 8-128 + stops' if variable else 'fixed 32'} new tokens"
     print(f"[realshape] {name}: direct x{repeats}", flush=True)
     d = [direct(model, items, cores) for _ in range(repeats)]
-    configs = [(2, 1), (1, cores)] if cores >= 2 else [(1, 1)]
+    print(f"[realshape]   direct (s, tokens): {d}", flush=True)
+    configs = configs or ([(2, 1), (1, cores)] if cores >= 2 else [(1, 1)])
     g: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for w, th in configs:
         print(f"[realshape] {name}: genqueue {w} worker(s) x {th} thread(s)", flush=True)
         g[(w, th)] = genqueue_runs(model, items, w, th, repeats)
+        print(f"[realshape]   genqueue {w}x{th} (s, tokens): {g[(w, th)]}", flush=True)
     d_s = statistics.median(s for s, _ in d)
     d_tok = statistics.median(t for _, t in d)
     figs = [
@@ -161,14 +165,15 @@ def run(
     repeats: int = 3,
     models: tuple[str, ...] = ("bench-llama-25m",),
     variable: bool = True,
+    configs: list[tuple[int, int]] | None = None,
 ) -> common.Report:
     load0 = os.getloadavg()[0]
     figs: list[dict[str, Any]] = []
     for model in models:
         common.tiny_model_dir(model)
-        figs += model_figures(model, prompts, repeats, variable=False)
+        figs += model_figures(model, prompts, repeats, False, configs)
         if variable:
-            figs += model_figures(model, prompts, repeats, variable=True)
+            figs += model_figures(model, prompts, repeats, True, configs)
     notes = [
         f"{prompts} prompts (5-200 tokens), greedy; medians of {repeats} passes. Direct: one "
         "process, all cores; genqueue: warm workers (embedded stack), processing = first "
@@ -184,9 +189,19 @@ def main(argv: list[str] | None = None) -> common.Report:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", nargs="+", default=["bench-llama-25m"])
     p.add_argument("--no-variable", action="store_true", help="only the fixed-length workload")
+    p.add_argument(
+        "--configs", nargs="+", help="genqueue workers x threads, e.g. 2x1 1x2 (default both)"
+    )
     a = p.parse_args(argv)
+    configs = [tuple(int(x) for x in c.split("x")) for c in a.configs] if a.configs else None
     with contextlib.suppress(KeyboardInterrupt):
-        report = run(a.prompts, a.repeats, tuple(a.models), variable=not a.no_variable)
+        report = run(
+            a.prompts,
+            a.repeats,
+            tuple(a.models),
+            variable=not a.no_variable,
+            configs=configs,  # type: ignore[arg-type]
+        )
         common.print_report(report)
         return report
     raise SystemExit(1)
