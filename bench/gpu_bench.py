@@ -3,6 +3,7 @@
     python bench/gpu_bench.py build DIR            # random-init ~1B Llama + tokenizer
     python bench/gpu_bench.py prompts DIR N FILE   # N JSONL prompts, 5-200 tokens
     python bench/gpu_bench.py engine NAME DIR      # tokens/s of one engine, batch 64
+                                                   # (hf, deepspeed, vllm, hf-continuous)
     python bench/gpu_bench.py e2e NAME RUN_JSON    # tokens/s of a `genqueue run --json`
     python bench/gpu_bench.py table DIR            # the summary table of DIR/*.json
 
@@ -32,6 +33,12 @@ LLAMA: dict[str, Any] = {
     "intermediate_size": 5632,
     "vocab_size": 32000,
     "max_position_embeddings": 2048,
+}
+
+
+#: Engine variants the check runs by name: (engine, extra WorkerOptions fields).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "hf-continuous": ("hf", {"hf_batching": "continuous"}),
 }
 
 
@@ -95,9 +102,12 @@ def engine(name: str, model_dir: Path) -> None:
 
     step = f"engine-{name}"
     t0 = time.perf_counter()
+    engine_name, extra = VARIANTS.get(name, (name, {}))
     try:
         eng = load_engine(
-            WorkerOptions(model=str(model_dir), engine=name, device="cuda", dtype="bfloat16")
+            WorkerOptions(
+                model=str(model_dir), engine=engine_name, device="cuda", dtype="bfloat16", **extra
+            )
         )
     except BaseException as exc:  # report and let the script continue
         emit(step, {"ok": False, "stage": "load", "error": f"{type(exc).__name__}: {exc}"[:2000]})

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU check for a lent GPU machine (NVIDIA H200, no network): hf vs deepspeed engines and
-# genqueue end to end on a random-init ~1B-parameter Llama, bf16. Run from the repo root:
+# GPU check for a lent GPU machine (NVIDIA H200, no network): the hf engine (static and
+# continuous batching), vllm (when its wheel is there), deepspeed (kernel injection), each
+# as tokens/s and as genqueue end to end, on a random-init ~1B-parameter Llama, bf16.
+# Run from the repo root:
 #
 #   bash bench/gpu_check.sh                 # there: < 8 minutes, installs nothing from the network
 #   bash bench/gpu_check.sh --fetch-wheels  # here (with PyPI): put missing packages in .whl/
@@ -97,23 +99,37 @@ EOF
 [ -f "$MODEL/model.safetensors" ] || [ -f "$MODEL/model.safetensors.index.json" ] \
   || step build 180 $PY bench/gpu_bench.py build "$MODEL"
 
-# 3. Engines through genqueue's registry, each in its own process.
-step engine-hf 150 $PY bench/gpu_bench.py engine hf "$MODEL"
-step engine-deepspeed 240 $PY bench/gpu_bench.py engine deepspeed "$MODEL" \
-  || echo "NOTE: deepspeed failed (see above: a missing package or kernels that did not compile)"
-
-# 4. genqueue end to end: embedded Redis + SQLite + one worker process on the GPU.
+# 3. Per engine: tokens/s through genqueue's registry (its own process), then genqueue end
+#    to end (embedded Redis + SQLite + one worker process on the GPU). hf (static batches),
+#    hf with transformers' continuous batching, vllm when its wheel is importable and
+#    genqueue has the engine, deepspeed (kernel injection, compiled on first use) last:
+#    whatever the time budget cuts is the slowest to set up.
 step prompts 60 $PY bench/gpu_bench.py prompts "$MODEL" "$ITEMS" "$WORK/prompts.jsonl"
-for eng in hf deepspeed; do
+ENGINES="hf hf-continuous"
+if $PY -c "import vllm, genqueue.worker.engines as e; assert 'vllm' in e.ENGINE_NAMES" \
+    >/dev/null 2>&1; then
+  ENGINES="$ENGINES vllm"
+else
+  echo "NOTE: vllm skipped (no vllm wheel here, or no vllm engine in this genqueue)"
+fi
+ENGINES="$ENGINES deepspeed"
+for eng in $ENGINES; do
+  step "engine-$eng" "$([ "$eng" = deepspeed ] && echo 180 || echo 90)" \
+    $PY bench/gpu_bench.py engine "$eng" "$MODEL" \
+    || { echo "NOTE: $eng failed (see above: a missing package or kernels that did not compile)"
+         continue; }
   rm -rf "$WORK/state-$eng"
+  flags="--engine $eng"
+  [ "$eng" = hf-continuous ] && flags="--engine hf --hf-batching continuous"
   # stdout (the --json status) goes to a file; the log keeps stderr.
   # Run outside the repo: its genqueue/ folder would shadow the symlink tree on sys.path.
-  step "run-$eng" 200 bash -c 'cd /tmp && "$0" -m genqueue.cli run "$1" --model "$2" --engine "$3" \
-      --device cuda --workers 1 --max-new-tokens 128 --json --state-dir "$4" -o "$5" > "$6"' \
-    "$PY" "$WORK/prompts.jsonl" "$MODEL" "$eng" "$WORK/state-$eng" \
-    "$WORK/results-$eng.jsonl" "$WORK/run-$eng.json" \
+  # $6 (the engine flags) is unquoted on purpose: several words.
+  step "run-$eng" 120 bash -c 'cd /tmp && "$0" -m genqueue.cli run "$1" --model "$2" $6 \
+      --device cuda --workers 1 --max-new-tokens 128 --json --state-dir "$3" -o "$4" > "$5"' \
+    "$PY" "$WORK/prompts.jsonl" "$MODEL" "$WORK/state-$eng" \
+    "$WORK/results-$eng.jsonl" "$WORK/run-$eng.json" "$flags" \
     && $PY bench/gpu_bench.py e2e "$eng" "$WORK/run-$eng.json"
-  [ -f "$WORK/state-$eng/logs/worker-0.log" ] && tail -n 5 "$WORK/state-$eng/logs/worker-0.log"
+  [ -f "$WORK/state-$eng/logs/0/worker-0.log" ] && tail -n 5 "$WORK/state-$eng/logs/0/worker-0.log"
 done
 
 echo "=== summary ($(($(date +%s) - START))s): 64 prompts x 128 new tokens (engines), $ITEMS prompts e2e"

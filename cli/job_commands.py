@@ -91,37 +91,51 @@ def run(
     stack = EmbeddedStack.start(state, settings())
     try:
         from genqueue.client import Client
+        from genqueue.protocol import resolve_model_ref
 
+        gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
+        n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
+        serving: dict[str, Any] = {}
+
+        def start_workers(models: list[str]) -> None:
+            """Workers for each of `models` not served yet, the processes split evenly
+            between all the job's models."""
+            per_model = max(1, n // len(models))
+            threads = worker_options.get("threads") or (
+                max(1, (os.cpu_count() or 1) // (per_model * len(models))) if len(models) > 1 else 0
+            )
+            for model in models:
+                if model in serving:
+                    continue
+                serving[model] = stack.start_workers(
+                    WorkerSpec(
+                        options=WorkerOptions(
+                            model=model,
+                            revision=kwargs["revision"],
+                            trust_remote_code=kwargs["trust_remote_code"],
+                            **{**worker_options, "threads": threads},
+                        ),
+                        processes=per_model,
+                        log_dir=str(state / "logs" / str(len(serving))),
+                    )
+                )
+
+        if kwargs["model"]:
+            # --model names the job's only model: the workers import torch and load it
+            # while this process validates and stores the input.
+            start_workers([resolve_model_ref(kwargs["model"])])
         gq = Client(settings=stack.settings)
         job_id = gq.submit(open_input(input), **kwargs)
         st = gq.status(job_id)
         models = list(dict.fromkeys(st["models"] if "models" in st else [st["model"]]))
-        gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
-        n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
-        per_model = max(1, n // len(models))
+        start_workers(models)
+        sups = [serving[m] for m in models]
         if not json_out:
             err.print(
-                f"[bold]{job_id}[/]: {st['counts']['total']} items, {per_model * len(models)} "
-                f"worker process(es), model(s) {', '.join(Path(m).name for m in models)}"
+                f"[bold]{job_id}[/]: {st['counts']['total']} items, "
+                f"{sum(s.spec.processes for s in sups)} worker process(es), "
+                f"model(s) {', '.join(Path(m).name for m in models)}"
             )
-        threads = worker_options.get("threads") or (
-            max(1, (os.cpu_count() or 1) // (per_model * len(models))) if len(models) > 1 else 0
-        )
-        sups = [
-            stack.start_workers(
-                WorkerSpec(
-                    options=WorkerOptions(
-                        model=model,
-                        revision=kwargs["revision"],
-                        trust_remote_code=kwargs["trust_remote_code"],
-                        **{**worker_options, "threads": threads},
-                    ),
-                    processes=per_model,
-                    log_dir=str(state / "logs" / str(i)),
-                )
-            )
-            for i, model in enumerate(models)
-        ]
         stack.start_reconciler()
 
         def check() -> None:
@@ -133,11 +147,14 @@ def run(
                     )
 
         try:
-            final = follow(lambda: gq.status(job_id), err, check=check)
+            final = follow(lambda: gq.status(job_id), err, check=check, poll=0.2)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted: cancelling the job and writing partial results[/]")
             gq.cancel(job_id)
             final = gq.status(job_id)
+        # Nothing is left to do: the workers shut down while the results are exported.
+        for sup in stack.supervisors:
+            sup.signal_stop()
         n_lines = gq.export(
             job_id, target, format=results_format, include_pending=True, errors=errors
         )

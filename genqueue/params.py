@@ -31,6 +31,9 @@ MAX_NEW_TOKENS_CEILING = 32768
 MAX_SCHEMA_CHARS = 65536
 #: Params that may differ between the rows of one generate call.
 PER_ROW_FIELDS = frozenset({"seed", *CONSTRAINT_FIELDS, "score_choices", "postprocess"})
+#: Params that bound a row's output length: an engine that ends each row at its own limit
+#: (its `per_row_params`) batches items that differ in them (variable output lengths).
+LENGTH_FIELDS = frozenset({"max_new_tokens", "stop"})
 
 
 class GenerationParams(BaseModel):
@@ -230,11 +233,13 @@ class GenerationParams(BaseModel):
                 base["score_choices"] = False
         return GenerationParams.model_validate({**base, **overrides})
 
-    def batch_key(self) -> tuple[Any, ...]:
+    def batch_key(self, per_row: frozenset[str] = frozenset()) -> tuple[Any, ...]:
         """Items whose params share this key can be generated in one batch: the seed,
         the constraint (each row has its own grammar matcher), label scoring and
-        post-processing are per item, so they are not part of the key."""
-        return tuple(v for k, v in self.model_dump().items() if k not in PER_ROW_FIELDS)
+        post-processing are per item, so they are not part of the key, nor the fields
+        in `per_row` (those the engine takes per row, e.g. LENGTH_FIELDS)."""
+        skip = PER_ROW_FIELDS | per_row
+        return tuple(v for k, v in self.model_dump().items() if k not in skip)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -17,8 +17,10 @@ from typing import Any
 TASK_NAME = "genqueue.run_task"
 
 #: Built-in tiny models, built locally on first use (no download); for quick starts and
-#: tests. Their weights are random: the text they generate is gibberish.
-TINY_MODELS = ("tiny-gpt2", "tiny-t5")
+#: tests. Their weights are random: the text they generate is gibberish. The bench-*
+#: models have the shapes of real ones (a ~25M-parameter Llama with GQA and RoPE, and
+#: GPT-2 small's 124M) for benchmarks of generation rather than of overhead.
+TINY_MODELS = ("tiny-gpt2", "tiny-t5", "bench-llama-25m", "bench-gpt2-124m")
 
 
 def cache_dir() -> Path:

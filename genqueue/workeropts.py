@@ -49,6 +49,14 @@ class WorkerOptions(BaseModel):
     host_memory_limit_mb: int | None = Field(
         None, ge=1, description="CPU: halve a micro-batch whose KV cache would exceed this"
     )
+    hf_batching: str = Field(
+        "static",
+        pattern="^(static|continuous)$",
+        description="hf engine: static (padded batches, generate) | continuous "
+        "(transformers' generate_batch, paged KV cache: a GPU path, slower on CPU); "
+        "greedy decoder-only items without constraints, penalties or logprobs use it, "
+        "the rest run static",
+    )
 
     def to_args(self) -> list[str]:
         """Command-line arguments that `from_args` turns back into these options (only

@@ -76,16 +76,18 @@ def generate_all(
         yield rejected
     groups: dict[tuple[Any, ...], list[_Item]] = {}
     keys: dict[int, tuple[Any, ...]] = {}  # items without overrides share one params object
+    per_row = frozenset(getattr(engine, "per_row_params", ()))
     for item in items:
         params = item.request.params
         key = keys.get(id(params))
         if key is None:
-            key = keys[id(params)] = params.batch_key()
+            key = keys[id(params)] = params.batch_key(per_row)
         groups.setdefault(key, []).append(item)
     cap = max(1, policy.max_batch_size)  # lowered for good after an out-of-memory
     for group in groups.values():
-        # Sorting by length keeps padding small: neighbours have similar lengths.
-        group.sort(key=lambda it: it.tokens)
+        # Sorting keeps padding small: neighbours have similar output limits (a batch
+        # runs until its longest row is done) and prompt lengths.
+        group.sort(key=lambda it: (it.request.params.max_new_tokens, it.tokens))
         start = 0
         while start < len(group):
             if should_stop is not None and should_stop():
@@ -114,11 +116,14 @@ def _batch_end(group: list[_Item], start: int, budget: int, cap: int) -> int:
     items as fit both the padded token budget and `cap`, at least one."""
     params = group[start].request.params
     rows_per_item = params.num_beams * params.num_return_sequences
+    longest, most_new = group[start].tokens, params.max_new_tokens
     end = start + 1
     while end < len(group) and end - start < cap:
         n = end - start + 1
-        # Sorted ascending, so the newest item is the longest: it sets the padded width.
-        if n * rows_per_item * (group[end].tokens + params.max_new_tokens) > budget:
+        # The longest prompt and the largest output limit set the padded width.
+        longest = max(longest, group[end].tokens)
+        most_new = max(most_new, group[end].request.params.max_new_tokens)
+        if n * rows_per_item * (longest + most_new) > budget:
             break
         end += 1
     return end

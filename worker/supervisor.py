@@ -174,12 +174,17 @@ class Supervisor:
                 self.next_start[slot] = 0.0
                 self._spawn(slot)
 
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM (finish or release the task in flight), then SIGKILL after `grace`."""
+    def signal_stop(self) -> None:
+        """Ask every child to stop (SIGTERM: finish or release the task in flight)
+        without waiting; `stop` then waits for them."""
         self.stopping = True
         for child in self.children:
             if child is not None and child.poll() is None:
                 child.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM (finish or release the task in flight), then SIGKILL after `grace`."""
+        self.signal_stop()
         deadline = time.monotonic() + grace
         for child in self.children:
             if child is None:

@@ -169,12 +169,72 @@ def _randomize(model: Any, std: float) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
+#: The benchmark models' architectures: real shapes, random weights, the tiny tokenizer.
+_BENCH_SHAPES: dict[str, dict[str, Any]] = {
+    # ~25M parameters: 8 layers, hidden 512, grouped-query attention (8 query heads, 2
+    # key/value heads), RoPE, SwiGLU; the tokenizer's own vocabulary, so the text it
+    # decodes (and stop strings) behave as with a real model.
+    "bench-llama-25m": {
+        "hidden_size": 512,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "intermediate_size": 1536,
+        "max_position_embeddings": 2048,
+        "rope_theta": 10000.0,
+    },
+    # GPT-2 small (124M): 12 layers, hidden 768, 12 heads, GPT-2's 50257-token
+    # vocabulary (ids past the tiny tokenizer's 1024 decode to nothing).
+    "bench-gpt2-124m": {
+        "n_embd": 768,
+        "n_layer": 12,
+        "n_head": 12,
+        "n_positions": 1024,
+        "vocab_size": 50257,
+    },
+}
+
+
+def _bench_model(name: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, generation config) of a bench-* model."""
+    from transformers import (
+        GenerationConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    eos = "<|endoftext|>"
+    tok = _train_tokenizer([eos])
+    eos_id = tok.token_to_id(eos)
+    max_len = 2048 if name == "bench-llama-25m" else 1024
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos, model_max_length=max_len
+    )
+    shape = _BENCH_SHAPES[name]
+    ids = {"bos_token_id": eos_id, "eos_token_id": eos_id}
+    model: Any
+    if name == "bench-llama-25m":
+        config = LlamaConfig(vocab_size=tok.get_vocab_size(), **shape, **ids)
+        model = LlamaForCausalLM(config)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(**shape, **ids))
+    return model, tokenizer, GenerationConfig(**ids)
+
+
 def _build(name: str, out: Path) -> None:
     """Write model, tokenizer and generation config of `name` into `out`."""
     from tokenizers import processors
     from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-    if name == "tiny-gpt2":
+    model: Any
+    tokenizer: Any
+    gen_config: Any
+    if name in _BENCH_SHAPES:
+        model, tokenizer, gen_config = _bench_model(name)
+    elif name == "tiny-gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
         eos = "<|endoftext|>"
@@ -192,7 +252,7 @@ def _build(name: str, out: Path) -> None:
             bos_token_id=eos_id,
             eos_token_id=eos_id,
         )
-        model: Any = GPT2LMHeadModel(config)
+        model = GPT2LMHeadModel(config)
         # No pad token on purpose, like real GPT-2: the engine pads with EOS.
         gen_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id)
     else:
@@ -228,7 +288,7 @@ def _build(name: str, out: Path) -> None:
         gen_config = GenerationConfig(
             pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id
         )
-    _randomize(model, std=0.02 if name == "tiny-gpt2" else 0.05)
+    _randomize(model, std=0.05 if name == "tiny-t5" else 0.02)
     model.generation_config = gen_config
     model.eval()
     model.save_pretrained(out, safe_serialization=True)

@@ -365,3 +365,24 @@ def test_long_conversation_with_truncate_drops_old_turns(gpt2: HFEngine) -> None
     assert cut[0].prompt_tokens < 100
     failed = run(gpt2, [req], BatchPolicy())
     assert failed[0].error is not None and failed[0].error.code == "prompt_too_long"
+
+
+def test_variable_output_lengths_share_micro_batches() -> None:
+    """An engine that takes max_new_tokens and stop per row (per_row_params, like hf)
+    gets items differing only in them in one micro-batch, sorted by output limit; the
+    budget counts the largest limit. An engine without it gets one group per limit."""
+
+    @dataclass
+    class PerRow(FakeEngine):
+        per_row_params: tuple[str, ...] = ("max_new_tokens", "stop")
+
+    def params(i: int) -> GenerationParams:
+        return GenerationParams(max_new_tokens=[9, 2, 5, 2][i], stop=("x",) if i == 2 else ())
+
+    reqs = [GenRequest(i, "w w", params(i)) for i in range(4)]
+    per_row, plain = PerRow(), FakeEngine()
+    run(per_row, reqs, BatchPolicy(token_budget=40, max_batch_size=64))
+    run(plain, reqs, BatchPolicy(token_budget=40, max_batch_size=64))
+    # Sorted by limit: keys 1, 3 (2), 2 (5), 0 (9); all four cost 4 * (2 + 9) = 44 > 40.
+    assert per_row.batches == [[1, 3, 2], [0]]
+    assert sorted(plain.batches) == [[0], [1, 3], [2]]

@@ -332,3 +332,79 @@ def test_importing_engines_does_not_import_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rows_with_their_own_lengths_share_one_call(gpt2: HFEngine) -> None:
+    """Items that differ only in max_new_tokens and stop strings run in one generate
+    call, each row ending at its own limit: the same outputs, finish reasons and token
+    counts as each item alone (greedy)."""
+    full = gpt2.generate(reqs([PROMPTS[1]], GenerationParams(max_new_tokens=24)))[0].outputs[0]
+    stop = pick_stop(full)
+    params = [
+        GenerationParams(max_new_tokens=3),
+        GenerationParams(max_new_tokens=24, stop=(stop,)),
+        GenerationParams(max_new_tokens=11),
+        GenerationParams(max_new_tokens=24),
+        GenerationParams(max_new_tokens=7, stop=("never-generated-string",)),
+    ]
+    batch = [GenRequest(i, p, params[i]) for i, p in enumerate(PROMPTS)]
+    calls: list[int] = []
+    real = gpt2._model_generate
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(int(kwargs["input_ids"].shape[0]))
+        return real(**kwargs)
+
+    gpt2._model_generate = counting  # type: ignore[method-assign]
+    try:
+        together = gpt2.generate(batch)
+    finally:
+        del gpt2._model_generate
+    assert calls == [5]
+    for req, res in zip(batch, together, strict=True):
+        [alone] = gpt2.generate([req])
+        assert (res.outputs, res.finish_reasons) == (alone.outputs, alone.finish_reasons)
+        assert res.completion_tokens == alone.completion_tokens
+    assert together[1].finish_reasons == ["stop"] and together[1].outputs == [
+        full[: full.find(stop)]
+    ]
+    assert [r.completion_tokens for r in together][::2] == [3, 11, 7]
+
+
+@pytest.mark.slow
+def test_continuous_batching_equals_static_batching(gpt2: HFEngine, tiny_gpt2_dir: Path) -> None:
+    """`--hf-batching continuous` (transformers' generate_batch) gives greedy items the
+    same outputs, finish reasons and token counts as static batching, per-row limits and
+    stop strings included; sampled items still run static."""
+    full = gpt2.generate(reqs([PROMPTS[1]], GenerationParams(max_new_tokens=20)))[0].outputs[0]
+    stop = pick_stop(full)
+    limits = [(4, ()), (20, (stop,)), (9, ()), (20, ()), (6, ("never-generated-string",))]
+    batch = [
+        GenRequest(i, p, GenerationParams(max_new_tokens=m, stop=s))
+        for i, (p, (m, s)) in enumerate(zip(PROMPTS, limits, strict=True))
+    ]
+    engine = load_engine(
+        WorkerOptions(model=str(tiny_gpt2_dir), engine="hf", hf_batching="continuous")
+    )
+    assert isinstance(engine, HFEngine)
+    calls: list[str] = []
+    real_batch = engine.model.generate_batch
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append("continuous")
+        return real_batch(**kwargs)
+
+    engine.model.generate_batch = counting
+    try:
+        continuous = engine.generate(batch)
+        assert calls == ["continuous"]
+        static = gpt2.generate(batch)
+        for c, s in zip(continuous, static, strict=True):
+            assert (c.outputs, c.finish_reasons) == (s.outputs, s.finish_reasons)
+            assert (c.completion_tokens, c.prompt_tokens) == (s.completion_tokens, s.prompt_tokens)
+        assert continuous[1].finish_reasons == ["stop"]
+        sampled = GenerationParams(max_new_tokens=4, do_sample=True)
+        engine.generate([GenRequest(0, PROMPTS[0], sampled, seed=1)])
+        assert calls == ["continuous"]  # sampling needs per-row generators: static
+    finally:
+        engine.close()

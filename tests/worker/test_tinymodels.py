@@ -118,3 +118,22 @@ def test_is_tiny_model_ref(tmp_path: Path) -> None:
     assert is_tiny_model_ref(resolve_model_ref("tiny-t5")) == "tiny-t5"
     assert is_tiny_model_ref(str(tmp_path / "tiny-t5")) is None  # same name elsewhere
     assert is_tiny_model_ref("gpt2") is None
+
+
+@pytest.mark.slow
+def test_bench_llama_has_a_real_shape(tmp_path: Path) -> None:
+    """bench-llama-25m: a Llama (RoPE, grouped-query attention 8/2) of ~25M parameters,
+    built offline, loadable through the Auto classes, with the tiny tokenizer."""
+    path = ensure_tiny_model("bench-llama-25m", tmp_path / "bench-llama-25m")
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    tok = AutoTokenizer.from_pretrained(path)
+    cfg = model.config
+    assert cfg.model_type == "llama"
+    assert (cfg.num_hidden_layers, cfg.hidden_size) == (8, 512)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (8, 2)
+    assert 24_000_000 < model.num_parameters() < 26_000_000
+    assert cfg.vocab_size == len(tok) and cfg.eos_token_id == tok.eos_token_id
+    ids = tok("The library was built", return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4

@@ -24,7 +24,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from genqueue.params import GenerationParams
+from genqueue.params import LENGTH_FIELDS, GenerationParams
 from genqueue.protocol import context_length
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
@@ -45,6 +45,9 @@ class HFEngine:
     engine_name = "hf"
     #: Whether one engine spans several GPUs (`tensor_parallel` > 1).
     shards = False
+    #: Params that may differ between the rows of one call: each row ends at its own
+    #: max_new_tokens and stop strings (so variable output lengths share a batch).
+    per_row_params: tuple[str, ...] = tuple(LENGTH_FIELDS)
 
     def __init__(self, options: WorkerOptions) -> None:
         if options.tensor_parallel != 1 and not self.shards:
@@ -143,13 +146,23 @@ class HFEngine:
         Beam search with sampling runs item by item (see `_generate_batch`)."""
         if not requests:
             return []
-        key = requests[0].params.batch_key()
-        if any(r.params.batch_key() != key for r in requests):
+        per_row = frozenset(self.per_row_params)
+        key = requests[0].params.batch_key(per_row)
+        if any(r.params.batch_key(per_row) != key for r in requests):
             raise ValueError("HFEngine.generate needs requests with equal params")
         params = requests[0].params
         with _oom_guard(self.device):
-            if params.do_sample and params.num_beams > 1:
-                return [self._generate_batch([r])[0] for r in requests]
+            if params.num_beams > 1:
+                # Beams reorder rows: each item runs alone, or with items of equal limits.
+                if params.do_sample:
+                    return [self._generate_batch([r])[0] for r in requests]
+                same: dict[tuple[Any, ...], list[GenRequest]] = {}
+                for r in requests:
+                    same.setdefault(r.params.batch_key(), []).append(r)
+                done = {
+                    res.key: res for group in same.values() for res in self._generate_batch(group)
+                }
+                return [done[r.key] for r in requests]
             return self._generate_batch(requests)
 
     def close(self) -> None:
@@ -159,8 +172,79 @@ class HFEngine:
             torch.cuda.empty_cache()
 
     # -- internals ---------------------------------------------------------------------------
+    def _continuous(self, requests: Sequence[GenRequest]) -> bool:
+        """Whether these requests run through continuous batching (`--hf-batching
+        continuous`): greedy, one sequence, decoder-only, nothing that needs logits
+        processors or per-step outputs (those run static)."""
+        p = requests[0].params
+        return (
+            self.options.hf_batching == "continuous"
+            and self.engine_name == "hf"
+            and not self.is_encoder_decoder
+            and not p.do_sample
+            and p.num_beams == 1
+            and p.num_return_sequences == 1
+            and p.min_new_tokens == 0
+            and p.repetition_penalty == 1.0
+            and not p.no_repeat_ngram_size
+            and not (p.presence_penalty or p.frequency_penalty)
+            and not p.logprobs
+            and all(r.params.grammar() is None and not r.params.score_choices for r in requests)
+        )
+
+    def _generate_continuous(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """transformers' `generate_batch`: requests are scheduled into a paged KV cache
+        and a finished one frees its slot for the next. Each row runs to the largest
+        limit or its EOS, then is cut to its own limit and stop strings (`_finish`)."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        ids = [r.token_ids for r in requests]
+        encoded = self.tokenize(requests) if any(i is None for i in ids) else ids
+        prompts = [list(i) for i in encoded]
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("empty prompt: a decoder-only model needs at least one prompt token")
+        max_new = max(r.params.max_new_tokens for r in requests)
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        cb: dict[str, Any] = {}
+        if self.device.type != "cuda":
+            # Sized to this call: the default sizes the cache from free accelerator memory.
+            page = 256
+            need = sum(-(-(len(p) + max_new) // page) for p in prompts)
+            cb = {"num_blocks": need + 2, "max_batch_tokens": 512, "use_cuda_graph": False}
+        with torch.inference_mode():
+            out = self.model.generate_batch(
+                inputs=prompts,
+                generation_config=config,
+                continuous_batching_config=ContinuousBatchingConfig(**cb),
+                warmup=self.device.type == "cuda",
+            )
+        # Request ids are req_<index> in input order.
+        rows = [list(out[f"req_{i}"].generated_tokens) for i in range(len(prompts))]
+        results = []
+        for req, prompt, row in zip(requests, prompts, rows, strict=True):
+            text, reason, used, _ = self._finish(row[: req.params.max_new_tokens], req.params)
+            results.append(
+                GenResult(
+                    key=req.key,
+                    outputs=[text],
+                    finish_reasons=[reason],
+                    completion_tokens=used,
+                    prompt_tokens=len(prompt),
+                    incomplete=[False],
+                )
+            )
+        return results
+
     def _generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Tokenise with padding, run one `generate`, and post-process each row."""
+        if self._continuous(requests):
+            return self._generate_continuous(requests)
         params = requests[0].params
         k = params.num_return_sequences
         ids = [r.token_ids for r in requests]
@@ -171,13 +255,26 @@ class HFEngine:
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         if not self.is_encoder_decoder and min(prompt_lens) == 0:
             raise ValueError("empty prompt: a decoder-only model needs at least one prompt token")
+        limits = [r.params.max_new_tokens for r in requests]
+        stops = [r.params.stop for r in requests]
+        # The call runs to the largest limit; each row stops at its own (_RowLimits).
+        params = params.model_copy(update={"max_new_tokens": max(limits)})
         self._check_host_memory(len(requests) * params.num_beams * k, input_len, params)
         seeds = [seed_or_random(r.seed) for r in requests]
         kwargs = self._generate_kwargs(params, seeds)
         start = 1 if self.is_encoder_decoder else input_len  # after decoder_start / prompt
-        if params.stop:
+        if any(stops) or min(limits) != max(limits):
+            rows = params.num_beams if params.num_beams > 1 else k  # rows per item
             kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [_StopStrings(self.tokenizer, params.stop, start, params.min_new_tokens)]
+                [
+                    _RowLimits(
+                        self.tokenizer,
+                        [s for s in stops for _ in range(rows)],
+                        [m for m in limits for _ in range(rows)],
+                        start,
+                        params.min_new_tokens,
+                    )
+                ]
             )
         # Per-row grammars (rows r*k + j are item r's): items with different
         # constraints, or none, share this call.
@@ -225,8 +322,8 @@ class HFEngine:
             if step_logits is not None:
                 res.logprobs = []
             for j in range(k):
-                row = new_tokens[i * k + j]
-                text, reason, used, content = self._finish(row, params)
+                row = new_tokens[i * k + j][: req.params.max_new_tokens]
+                text, reason, used, content = self._finish(row, req.params)
                 res.outputs.append(text)
                 res.finish_reasons.append(reason)
                 res.completion_tokens += used
@@ -374,26 +471,48 @@ class HFEngine:
             )
 
 
-class _StopStrings(StoppingCriteria):
-    """Stops a row once the text it generated (after `min_new` tokens) contains a stop
-    string. Only generated text is searched, never the prompt."""
+class _RowLimits(StoppingCriteria):
+    """Ends each row at its own output limit, or once the text it generated (after
+    `min_new` tokens) contains one of its stop strings. Only generated text is searched,
+    never the prompt, and a finished row is not decoded again."""
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str], start: int, min_new: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        stops: Sequence[Sequence[str]],
+        limits: Sequence[int],
+        start: int,
+        min_new: int,
+    ) -> None:
         self.tokenizer = tokenizer
-        self.stops = tuple(stops)
+        self.stops = [tuple(s) for s in stops]
+        self.limits = list(limits)
         self.start = start
         self.min_new = min_new
         # Every token decodes to at least one byte; a few extra cover multi-byte chars.
-        self.tail = max(len(s.encode()) for s in stops) + 4
+        self.tail = [max((len(x.encode()) for x in s), default=0) + 4 for s in self.stops]
+        self.done = [False] * len(self.stops)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any) -> Any:
-        new = input_ids[:, self.start :]
-        begin = max(self.min_new, new.shape[1] - self.tail)
-        if new.shape[1] <= self.min_new:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        texts = self.tokenizer.batch_decode(new[:, begin:].tolist(), skip_special_tokens=True)
-        done = [any(s in t for s in self.stops) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        produced = input_ids.shape[1] - self.start
+        check = []
+        for row, stops in enumerate(self.stops):
+            if self.done[row]:
+                continue
+            if produced >= self.limits[row]:
+                self.done[row] = True
+            elif stops and produced > self.min_new:
+                check.append(row)
+        if check:
+            begin = [
+                max(self.start + self.min_new, input_ids.shape[1] - self.tail[r]) for r in check
+            ]
+            ids = [input_ids[r, b:].tolist() for r, b in zip(check, begin, strict=True)]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            for row, text in zip(check, texts, strict=True):
+                if any(s in text for s in self.stops[row]):
+                    self.done[row] = True
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 @contextlib.contextmanager
