@@ -8,10 +8,13 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
 from genqueue.cli import app
+from genqueue.cli.app import err as cli_err
+from genqueue.cli.app import out as cli_out
 from genqueue.storage import leases, workers
 from genqueue.storage.claims import Claim
 from genqueue.storage.db import open_store, utcnow
@@ -20,7 +23,7 @@ from genqueue.storage.results import write_results
 from tests.storage.factories import make_job, ok, task_ids
 
 
-def test_workers_and_the_status_warning(tmp_path: Path) -> None:
+def test_workers_and_the_status_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'gq.db'}"
     store = open_store(url)
     served = make_job(store, 6, 3, model="/m/served", queue="q-served")
@@ -39,7 +42,11 @@ def test_workers_and_the_status_warning(tmp_path: Path) -> None:
     assert isinstance(claim, Claim)
     write_results(store, claim, [ok(0), ok(1)])
     store.dispose()
-    env = {"GENQUEUE_DATABASE_URL": url, "COLUMNS": "250"}
+    env = {"GENQUEUE_DATABASE_URL": url}
+    # The CLI's consoles exist already (another test may have imported the CLI first):
+    # give the table room for its columns as a wide terminal would.
+    monkeypatch.setattr(cli_out, "width", 250)
+    monkeypatch.setattr(cli_err, "width", 250)
     runner = CliRunner()
 
     result = runner.invoke(app, ["workers", "--json"], env=env)

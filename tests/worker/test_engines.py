@@ -283,8 +283,8 @@ def test_dry_run_echoes_the_prompt() -> None:
 
 
 def test_loader_errors(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
-    with pytest.raises(EngineError, match="unknown engine 'vllm'; available: hf, deepspeed"):
-        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="vllm"))
+    with pytest.raises(EngineError, match="unknown engine 'mlx'; available: hf, deepspeed"):
+        load_engine(WorkerOptions(model=str(tiny_gpt2_dir), engine="mlx"))
     with pytest.raises(EngineError, match=r"model directory .*nope does not exist"):
         load_engine(WorkerOptions(model=str(tmp_path / "nope"), engine="hf"))
     pickled = tmp_path / "pickled"
