@@ -9,6 +9,10 @@ from typing import Any, Protocol
 
 #: Items per task at most when tasks are sized by work.
 MAX_AUTO_CHUNK = 1024
+#: Spreading a small window over the workers never cuts its tasks (sized by work) below
+#: this many items, or half the window: a worker's micro-batches never span tasks, so
+#: 16-item tasks would run 16-item batches where 32 run faster.
+MIN_SPREAD_ITEMS = 32
 #: Characters per token, for estimating a prompt's length without its tokenizer (the
 #: scheduler never loads one); English BPE vocabularies average about four.
 CHARS_PER_TOKEN = 4
@@ -48,7 +52,8 @@ def plan(window: Sequence[Plannable], sizing: Sizing) -> list[list[int]]:
     if sizing.chunk_size is not None:
         size = min(sizing.chunk_size, cap)
         return [order[i : i + size] for i in range(0, len(order), size)]
-    cap = min(cap, MAX_AUTO_CHUNK)
+    floor = min(MIN_SPREAD_ITEMS, -(-len(window) // 2))
+    cap = min(max(cap, floor), MAX_AUTO_CHUNK)
     tasks: list[list[int]] = []
     current: list[int] = []
     budget = 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from genqueue.params import GenerationParams
 from genqueue.scheduler.errors import InputError, SpecError
@@ -93,6 +93,25 @@ def test_tasks_are_sized_by_work_by_default(store: Store, tmp_path: Path) -> Non
     assert all(sum(c > 1000 for c in v) <= 1 for v in by_task.values())  # long: one a task
     assert all(len(v) <= 4 for v in by_task.values() if min(v) > 400)  # 400 new: 4 x 411
     assert job is not None and job.chunk_size == -(-700 // len(by_task))  # mean, for retry
+
+
+@pytest.mark.parametrize(("n", "tasks"), [(256, 8), (64, 2), (20, 2), (1, 1), (8192, None)])
+def test_small_jobs_spread_without_tasks_smaller_than_a_micro_batch(
+    store: Store, tmp_path: Path, n: int, tasks: int | None
+) -> None:
+    """At least 16 tasks per window, but (sized by work) never under 32 items or half
+    the window: a worker's micro-batches stay within one task."""
+    src = write(tmp_path, [{"prompt": f"short prompt {i}"} for i in range(n)])
+    done = submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2"))
+    with store.session() as s:
+        sizes = s.scalars(
+            select(func.count()).where(Item.job_id == done.job_id).group_by(Item.task_id)
+        ).all()
+    assert sum(sizes) == n
+    if tasks is None:  # a full window: 16 tasks or more (by work), of 512 items at most
+        assert len(sizes) >= 16 and max(sizes) <= 512
+    else:
+        assert len(sizes) == tasks
 
 
 def test_rejected_input_leaves_no_job(store: Store, tmp_path: Path) -> None:
