@@ -40,7 +40,7 @@ ITEM_PARAMS: list[dict[str, Any]] = [
 ]
 
 
-def run(src: Path, out: Path, state: Path, *flags: str) -> dict[str, Any]:
+def run(src: Path, out: Path, state: Path, *flags: str, workers: int = 2) -> dict[str, Any]:
     proc = gq(
         "run",
         str(src),
@@ -49,7 +49,7 @@ def run(src: Path, out: Path, state: Path, *flags: str) -> dict[str, Any]:
         "--state-dir",
         str(state),
         "--workers",
-        "2",
+        str(workers),
         "--json",
         *flags,
         timeout=400,
@@ -159,7 +159,16 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
         ],
     )
     chat_out = tmp_path / "chat.out.jsonl"
-    run(chat_src, chat_out, tmp_path / "s1", "--model", "tiny-gpt2", "--results-format", "openai")
+    run(
+        chat_src,
+        chat_out,
+        tmp_path / "s1",
+        "--model",
+        "tiny-gpt2",
+        "--results-format",
+        "openai",
+        workers=1,
+    )
     plain_src = write_jsonl(
         tmp_path / "plain.jsonl", [{"prompt": f"Review {i}: so so"} for i in range(n)]
     )
@@ -179,6 +188,7 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
         "0.5",
         "--frequency-penalty",
         "0.25",
+        workers=1,
     )
     openai_lines = [json.loads(x) for x in chat_out.read_text().splitlines()]
     flag_lines = [json.loads(x) for x in flags_out.read_text().splitlines()]
@@ -202,7 +212,16 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
         ],
     )
     text_out = tmp_path / "text.out.jsonl"
-    run(text_src, text_out, tmp_path / "s3", "--model", "tiny-gpt2", "--results-format", "openai")
+    run(
+        text_src,
+        text_out,
+        tmp_path / "s3",
+        "--model",
+        "tiny-gpt2",
+        "--results-format",
+        "openai",
+        workers=1,
+    )
     flags2_out = tmp_path / "flags2.out.jsonl"
     run(
         plain_src,
@@ -213,6 +232,7 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
         "--logprobs",
         "--top-logprobs",
         "2",
+        workers=1,
     )
     text_lines = [json.loads(x) for x in text_out.read_text().splitlines()]
     flag_lines = [json.loads(x) for x in flags2_out.read_text().splitlines()]
