@@ -30,7 +30,7 @@ from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
 from genqueue.worker.engines.constrained import GrammarCache, GrammarMask, OpenAIPenalties
 from genqueue.worker.engines.precision import check_precision, quantize_int8
-from genqueue.worker.engines.prompts import PromptCodec
+from genqueue.worker.engines.prompts import PromptCodec, PromptMethods
 from genqueue.worker.engines.scoring import label_scores, token_logprobs
 from genqueue.worker.errors import EngineError
 from genqueue.worker.provenance import local_revision
@@ -38,7 +38,7 @@ from genqueue.worker.sampling import SeededSampler, row_seeds, seed_or_random
 from genqueue.workeropts import WorkerOptions
 
 
-class HFEngine:
+class HFEngine(PromptMethods):
     """A causal or seq2seq transformers model; subclasses may wrap the loaded model
     (`_wrap_model`) and the generate call (`_model_generate`), e.g. for DeepSpeed."""
 
@@ -120,27 +120,6 @@ class HFEngine:
         return self.model.generate(**kwargs)
 
     # -- Engine protocol -------------------------------------------------------------------
-    @property
-    def max_token_chars(self) -> int | None:
-        """Characters one token stands for at most (see batching._bound)."""
-        return self.prompts.max_token_chars
-
-    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
-        """See Engine.tokenize (prompts.py)."""
-        return self.prompts.tokenize(requests)
-
-    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
-        """See Engine.fit (prompts.py)."""
-        return self.prompts.fit(request, max_tokens)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts of plain prompts, special tokens included."""
-        return self.prompts.count_tokens(texts)
-
-    def truncate(self, text: str, max_tokens: int) -> str:
-        """A plain prompt cut to at most `max_tokens` tokens (see PromptCodec.truncate)."""
-        return self.prompts.truncate(text, max_tokens)
-
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Generate for requests sharing params (except seeds) in one `generate` call.
         Beam search with sampling runs item by item (see `_generate_batch`)."""

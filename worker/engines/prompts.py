@@ -106,3 +106,31 @@ class PromptCodec:
                 "chat_template_error", f"the chat template failed: {type(exc).__name__}: {exc}"
             ) from exc
         return [int(i) for i in ids]
+
+
+class PromptMethods:
+    """The prompt half of the Engine protocol, for an engine whose prompts go through a
+    PromptCodec (`self.prompts`): hf and vllm tokenise, fit and count alike."""
+
+    prompts: PromptCodec
+
+    @property
+    def max_token_chars(self) -> int | None:
+        """Characters one token stands for at most (see batching._bound)."""
+        return self.prompts.max_token_chars
+
+    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        """See Engine.tokenize."""
+        return self.prompts.tokenize(requests)
+
+    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
+        """See Engine.fit."""
+        return self.prompts.fit(request, max_tokens)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of plain prompts, special tokens included."""
+        return self.prompts.count_tokens(texts)
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """A plain prompt cut to at most `max_tokens` tokens (see PromptCodec.truncate)."""
+        return self.prompts.truncate(text, max_tokens)

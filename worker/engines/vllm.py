@@ -27,7 +27,7 @@ from genqueue.params import GenerationParams
 from genqueue.protocol import context_length
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ItemError, ModelInfo
-from genqueue.worker.engines.prompts import PromptCodec
+from genqueue.worker.engines.prompts import PromptCodec, PromptMethods
 from genqueue.worker.errors import EngineError
 from genqueue.worker.provenance import local_revision
 from genqueue.workeropts import WorkerOptions
@@ -59,7 +59,7 @@ def _import_vllm() -> Any:
     return vllm
 
 
-class VLLMEngine:
+class VLLMEngine(PromptMethods):
     """One vLLM `LLM` in this process; `generate` is one `LLM.generate` call."""
 
     engine_name = "vllm"
@@ -151,27 +151,6 @@ class VLLMEngine:
         )
 
     # -- Engine protocol -------------------------------------------------------------------
-    @property
-    def max_token_chars(self) -> int | None:
-        """Characters one token stands for at most (see batching._bound)."""
-        return self.prompts.max_token_chars
-
-    def tokenize(self, requests: Sequence[GenRequest]) -> list[list[int]]:
-        """See Engine.tokenize (prompts.py)."""
-        return self.prompts.tokenize(requests)
-
-    def fit(self, request: GenRequest, max_tokens: int) -> GenRequest:
-        """See Engine.fit (prompts.py)."""
-        return self.prompts.fit(request, max_tokens)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts of plain prompts, special tokens included."""
-        return self.prompts.count_tokens(texts)
-
-    def truncate(self, text: str, max_tokens: int) -> str:
-        """A plain prompt cut to at most `max_tokens` tokens (see PromptCodec.truncate)."""
-        return self.prompts.truncate(text, max_tokens)
-
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """All requests in one `LLM.generate` call (vLLM batches them continuously);
         a request whose params vLLM cannot honour fails with `unsupported_param`."""
