@@ -7,12 +7,52 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
 
 from genqueue.storage import leases
 from genqueue.worker.runner import Running, WorkerContext, complete, generate, prepare
 from genqueue.worker.transient import retry_transient
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ModelThread:
+    """The one thread that loads the model and then makes every generate call.
+
+    An engine may set up per-thread state when it loads: vLLM's CPU backend configures
+    the OpenMP team of the thread that built it, and the same calls made from another
+    thread ran 1.5x slower (bench/vllm_bench.py). Loading on the thread that will
+    generate keeps the two together, whatever the engine."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], object], Future[object]]] = queue.Queue()
+        # A daemon: a worker whose main thread fails must still exit.
+        self._thread = threading.Thread(target=self._serve, name="model", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def start(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the model thread, after what it was given before."""
+        future: Future[T] = Future()
+        self._jobs.put((fn, future))  # type: ignore[arg-type]
+        return future
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the model thread and return (or raise) what it did."""
+        return self.start(fn).result()
 
 
 class Pipeline:
@@ -29,12 +69,12 @@ class Pipeline:
     work starts, and a task that only waited is never charged an attempt when a poison
     item kills the worker."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, model_thread: ModelThread | None = None) -> None:
         self.ctx = ctx
         self._waiting: queue.Queue[Running | None] = queue.Queue(maxsize=1)
         self._busy = threading.Event()  # the model thread has a task (any stage)
-        self._model = threading.Thread(target=self._loop, name="model", daemon=True)
-        self._model.start()
+        # The thread that loaded the engine, when there is one (see ModelThread).
+        self._model = (model_thread or ModelThread()).start(self._loop)
 
     def accept(self, task_id: int) -> str:
         # A task that will start at once (the model thread is idle: nothing else can
@@ -120,4 +160,7 @@ class Pipeline:
         """Finish what was accepted (a stopping worker ends its tasks after the
         micro-batch in flight), then stop the model thread."""
         self._waiting.put(None)
-        self._model.join(timeout)
+        try:
+            self._model.result(timeout)
+        except TimeoutError:
+            log.warning("the model thread did not finish within %s s", timeout)

@@ -37,7 +37,7 @@ from genqueue.storage.db import open_store
 from genqueue.storage.errors import SchemaMismatch
 from genqueue.storage.migrate import check_schema
 from genqueue.worker.heartbeat import Presence
-from genqueue.worker.pipeline import Pipeline
+from genqueue.worker.pipeline import ModelThread, Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
 from genqueue.worker.transient import is_transient
 from genqueue.workeropts import WorkerOptions
@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         check_schema(store)  # a worker never changes the schema under the others
     except SchemaMismatch as exc:
         raise SystemExit(f"genqueue worker: {exc}") from None
-    engine = load_engine(options)
+    # With prefetch, one model thread loads the engine and makes every generate call.
+    model_thread = ModelThread() if settings.prefetch else None
+    if model_thread is not None:
+        engine = model_thread.call(lambda: load_engine(options))
+    else:
+        engine = load_engine(options)
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings.broker_url, name="genqueue-worker", task_events=settings.task_events)
     queue = queue_for(model_ref, options.revision)
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         send_tasks=functools.partial(dispatcher.send_ids, store),
         trust_remote_code=options.trust_remote_code,
     )
-    pipeline = Pipeline(ctx) if settings.prefetch else None
+    pipeline = Pipeline(ctx, model_thread) if model_thread is not None else None
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, Request=settling_request(ctx.stop))
     def genqueue_run_task(self: Any, task_id: int) -> str:

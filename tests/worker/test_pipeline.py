@@ -17,7 +17,7 @@ from genqueue.storage.results import iter_results
 from genqueue.storage.status import view_job
 from genqueue.worker.engines.base import GenRequest, GenResult
 from genqueue.worker.engines.dryrun import DryRunEngine
-from genqueue.worker.pipeline import Pipeline
+from genqueue.worker.pipeline import ModelThread, Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
 from genqueue.workeropts import WorkerOptions
 from tests.storage import factories
@@ -137,3 +137,45 @@ def test_a_stopping_worker_releases_the_tasks_it_accepted(store: Store) -> None:
     done = view_job(store, job_id).counts.succeeded
     assert 0 < done < 24
     assert len([r for r in iter_results(store, job_id)]) == done
+
+
+class ThreadRecordingEngine(SlowEngine):
+    """Remembers the thread that built it and every thread that called `generate`."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.loaded_on = threading.get_ident()
+        self.generated_on: set[int] = set()
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        self.generated_on.add(threading.get_ident())
+        return super().generate(requests)
+
+
+def test_the_thread_that_loads_the_engine_makes_every_generate_call(store: Store) -> None:
+    # vLLM's CPU backend sets up the OpenMP team of the thread that built it: the worker
+    # loads its engine on the model thread, and the pipeline generates on that thread.
+    job_id, tids = make_job(store, n_tasks=3, per_task=8)
+    model_thread = ModelThread()
+    engine = model_thread.call(ThreadRecordingEngine)
+    assert engine.loaded_on != threading.get_ident()
+    pipe = Pipeline(context(store, engine), model_thread)
+    for tid in tids:
+        pipe.accept(tid)
+    pipe.close(timeout=30)
+    assert engine.generated_on == {engine.loaded_on}
+    assert view_job(store, job_id).counts.succeeded == 24
+
+
+def test_a_failed_load_on_the_model_thread_reaches_the_caller() -> None:
+    def broken() -> None:
+        raise RuntimeError("no such model")
+
+    model_thread = ModelThread()
+    try:
+        model_thread.call(broken)
+    except RuntimeError as exc:
+        assert str(exc) == "no such model"
+    else:
+        raise AssertionError("the load error was swallowed")
+    assert model_thread.call(lambda: 42) == 42  # the thread still serves
