@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -154,9 +155,46 @@ def error_response(exc: GenqueueError) -> JSONResponse:
     )
 
 
+def nul_in_url(path: str, query: bytes) -> str | None:
+    """What part of a request's URL holds a NUL character (%00), or None. No id, filter
+    or cursor can hold one, and PostgreSQL refuses any text parameter that does."""
+    if "\x00" in path:
+        return "the path"
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return f"query parameter {name.replace(chr(0), '%00')!r}"
+    return None
+
+
+class RefuseNul:
+    """ASGI middleware: a URL with a NUL character gets a 400 that says where, before
+    any route could pass it to the database."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            where = nul_in_url(scope.get("path", ""), scope.get("query_string", b""))
+            if where is not None:
+                response = _body(
+                    400,
+                    "invalid_request",
+                    f"{where} contains a NUL character (%00); remove it",
+                    param=where.removeprefix("query parameter ").strip("'")
+                    if where != "the path"
+                    else None,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers: genqueue errors, request validation, HTTP errors and a
-    catch-all that logs the traceback and answers a generic 500."""
+    catch-all that logs the traceback and answers a generic 500; and refuse URLs with a
+    NUL character (RefuseNul)."""
+    app.add_middleware(RefuseNul)
 
     @app.exception_handler(GenqueueError)
     async def _genqueue(_: Request, exc: GenqueueError) -> JSONResponse:

@@ -140,6 +140,24 @@ def test_invalid_input_is_a_400_with_line_numbers(api_server: ApiServer) -> None
         assert r.status_code == 400
 
 
+def test_a_nul_character_in_a_url_is_a_400_that_says_where(api_server: ApiServer) -> None:
+    # PostgreSQL refuses text holding NUL: no id, filter or cursor reaches it with one.
+    with api_server.http("bob") as http:
+        for url, param in (
+            ("/v1/files?after=%C3%90w%00%C3%87&limit=5", "after"),
+            ("/v1/batches?after=b%00", "after"),
+            ("/v1/jobs?after=%00", "after"),
+            ("/v1/files/file-%00", None),
+            ("/v1/jobs/j%00b", None),
+        ):
+            r = http.get(url)
+            assert r.status_code == 400, (url, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "invalid_request" and "NUL" in error["message"], error
+            assert error["param"] == param
+        assert http.get("/v1/files?limit=5&purpose=batch").status_code == 200
+
+
 def test_reuse_copies_identical_items_and_counts_them(api_server: ApiServer) -> None:
     records = [{"custom_id": f"q{i}", "prompt": f"reuse me {i}"} for i in range(3)]
     spec = {"model": "gpt2", "params": {"max_new_tokens": 3}, "records": records}
