@@ -44,12 +44,21 @@ class BatchPolicy:
     max_prompt_chars: int = InputLimits().max_prompt_chars
 
 
-def for_engine(policy: BatchPolicy, engine: Engine) -> BatchPolicy:
-    """The policy as `engine` wants it. An engine that batches continuously itself
-    (vLLM) says how many requests it wants per call (`continuous_batch`): it gets that
-    many, and no token budget, since its own scheduler bounds memory."""
+def continuous_items(engine: Engine) -> int:
+    """How many requests an engine that batches continuously itself (vLLM) wants per
+    call (its `continuous_batch`), or 0 for an engine that wants micro-batches."""
     items = getattr(engine, "continuous_batch", None)
     if isinstance(items, int) and not isinstance(items, bool) and items > 0:
+        return items
+    return 0
+
+
+def for_engine(policy: BatchPolicy, engine: Engine) -> BatchPolicy:
+    """The policy as `engine` wants it. An engine that batches continuously itself
+    (vLLM) gets as many requests per call as it asks for (`continuous_items`), and no
+    token budget, since its own scheduler bounds memory."""
+    items = continuous_items(engine)
+    if items:
         return replace(policy, token_budget=sys.maxsize, max_batch_size=items)
     return policy
 

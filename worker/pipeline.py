@@ -1,5 +1,6 @@
 """Prefetch one task: while the model generates one task, the next is claimed and
-prepared, and a task's end and the next one's start commit together."""
+prepared, and a task's end and the next one's start commit together. For an engine
+that batches continuously, first attempts are gathered and generated together."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
 from genqueue.storage import leases
-from genqueue.worker.runner import Running, WorkerContext, complete, generate, prepare
+from genqueue.worker.batching import continuous_items
+from genqueue.worker.runner import Running, WorkerContext, complete, generate_together, prepare
 from genqueue.worker.transient import retry_transient
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ class ModelThread:
 
 class Pipeline:
     """Runs tasks one stage apart: while the model generates task N, the Celery thread
-    claims and prepares task N+1 (prefetch one task). Only one task ever waits.
+    claims and prepares task N+1 (prefetch one task). Only one task ever waits
+    (but see gangs, below).
 
     `accept` returns once the model thread took the task it was given, so the broker
     message of the next task is fetched, and that task claimed, while this one
@@ -67,11 +71,26 @@ class Pipeline:
     A prefetched task is only held: its attempt begins in the transaction that
     completes the task before it, so a task is fully recorded before the next one's
     work starts, and a task that only waited is never charged an attempt when a poison
-    item kills the worker."""
+    item kills the worker.
 
-    def __init__(self, ctx: WorkerContext, model_thread: ModelThread | None = None) -> None:
+    An engine that batches continuously (vLLM, see batching.continuous_items) runs
+    fastest on calls of hundreds of requests, more than one task holds. For it the
+    pipeline holds first attempts until they add up to that many items (`gang_items`)
+    and generates them together in one call; a retried task (its attempt > 1: it may
+    hold a poison item) always runs alone, so a crash is charged to it only."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        model_thread: ModelThread | None = None,
+        *,
+        gang_items: int | None = None,
+    ) -> None:
         self.ctx = ctx
-        self._waiting: queue.Queue[Running | None] = queue.Queue(maxsize=1)
+        self.gang_items = continuous_items(ctx.engine) if gang_items is None else gang_items
+        self._cv = threading.Condition()
+        self._waiting: deque[Running] = deque()  # accepted, not yet taken by the model
+        self._closing = False
         self._busy = threading.Event()  # the model thread has a task (any stage)
         # The thread that loaded the engine, when there is one (see ModelThread).
         self._model = (model_thread or ModelThread()).start(self._loop)
@@ -82,10 +101,51 @@ class Pipeline:
         got = prepare(self.ctx, task_id, begin=not self._busy.is_set())
         if isinstance(got, str):
             return got
-        self._busy.set()
-        self._waiting.put(got)
-        got.started.wait()
+        with self._cv:
+            self._busy.set()
+            self._waiting.append(got)
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: got.started.is_set() or self._room())
         return "accepted"
+
+    def _room(self) -> bool:
+        """Whether the Celery thread may fetch another task while these wait: only to
+        fill the next gang (called holding the lock)."""
+        if self.gang_items <= 0:
+            return False
+        held = 0
+        for run in self._waiting:
+            if run.claim.attempt > 1:
+                return False  # it will run alone next: nothing to gather
+            held += len(run.requests)
+        return held < self.gang_items
+
+    def _take(self, block: bool) -> list[Running] | None:
+        """The next tasks to generate: one, or a gang of first attempts with one policy
+        up to `gang_items` items. [] when nothing waits (not blocking); None when
+        closing and nothing waits."""
+        with self._cv:
+            if block:
+                if not self._waiting:
+                    self._busy.clear()
+                self._cv.wait_for(lambda: bool(self._waiting) or self._closing)
+            if not self._waiting:
+                return None if self._closing else []
+            first = self._waiting.popleft()
+            runs = [first]
+            if self.gang_items > 0 and first.claim.attempt == 1:
+                total = len(first.requests)
+                while self._waiting:
+                    nxt = self._waiting[0]
+                    if (
+                        nxt.claim.attempt > 1
+                        or nxt.policy != first.policy
+                        or total + len(nxt.requests) > self.gang_items
+                    ):
+                        break
+                    runs.append(self._waiting.popleft())
+                    total += len(nxt.requests)
+            return runs
 
     def _loop(self) -> None:
         try:
@@ -98,41 +158,48 @@ class Pipeline:
             os._exit(70)
 
     def _run_loop(self) -> None:
-        prev: Running | None = None  # generated, not yet completed
+        prev: list[Running] = []  # generated, not yet completed
         while True:
-            if prev is None:
-                self._busy.clear()
-                run = self._waiting.get()
-            else:
+            runs = self._take(block=not prev)
+            if not runs:
+                for done in prev:  # nothing waits: complete them alone
+                    self._complete(done, None)
+                prev = []
+                if runs is None:
+                    return
+                continue
+            stopping = self.ctx.stop.is_set()  # shutting down: release them untouched
+            to_begin = [] if stopping else [r for r in runs if not r.claim.begun]
+            began: dict[int, bool | None] = {}
+            for i, done in enumerate(prev):
+                # The last one completes, and the first to begin begins, in one commit.
+                nxt = to_begin[0] if to_begin and i == len(prev) - 1 else None
+                ok = self._complete(done, nxt)
+                if nxt is not None:
+                    began[id(nxt)] = ok
+            for run in to_begin:
+                if id(run) not in began:
+                    began[id(run)] = self._begin(run)
+            # The Celery thread may fetch and claim the next task now: the previous ones
+            # are committed, so at most these and the next gang are held.
+            with self._cv:
+                for run in runs:
+                    run.started.set()
+                self._cv.notify_all()
+            live = []
+            for run in runs:
+                if stopping:
+                    run.outcome = "stopped"
+                elif began.get(id(run)) is False:
+                    run.outcome = "lease_lost"  # it waited too long: someone else has it
+                else:
+                    live.append(run)
+            if live:
                 try:
-                    run = self._waiting.get_nowait()
-                except queue.Empty:
-                    self._complete(prev, None)  # nothing waits: complete it alone
-                    prev = None
-                    continue
-            if run is None:
-                if prev is not None:
-                    self._complete(prev, None)
-                return
-            stopping = self.ctx.stop.is_set()  # shutting down: release it untouched
-            start = None if run.claim.begun or stopping else run
-            if prev is not None:  # complete it, and begin this one, in one commit
-                began = self._complete(prev, start)
-            else:
-                began = self._begin(run) if start else None
-            # The Celery thread may fetch and claim the next task now: the previous one
-            # is committed, so at most this one and the next are held.
-            run.started.set()
-            if stopping:
-                run.outcome = "stopped"
-            elif began is False:
-                run.outcome = "lease_lost"  # it waited too long: someone else has it now
-            else:
-                try:
-                    generate(self.ctx, run)
+                    generate_together(self.ctx, live)
                 except Exception:
-                    log.exception("task %s failed", run.claim.task_id)
-            prev = run
+                    log.exception("tasks %s failed", [r.claim.task_id for r in live])
+            prev = runs
 
     def _complete(self, run: Running, begin_next: Running | None) -> bool | None:
         try:
@@ -159,7 +226,9 @@ class Pipeline:
     def close(self, timeout: float | None = None) -> None:
         """Finish what was accepted (a stopping worker ends its tasks after the
         micro-batch in flight), then stop the model thread."""
-        self._waiting.put(None)
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
         try:
             self._model.result(timeout)
         except TimeoutError:

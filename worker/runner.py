@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from genqueue.settings import Settings
 from genqueue.storage import leases, lifecycle
@@ -232,36 +232,65 @@ def generate(ctx: WorkerContext, run: Running) -> None:
     go to the writer thread when the next one ends (see Writer); the last ones wait
     for `complete` (one commit with the end of the task). Raises what the engine raised,
     with the outcome recorded."""
-    hb = run.hb
+    generate_together(ctx, [run])
+
+
+def generate_together(ctx: WorkerContext, runs: Sequence[Running]) -> None:
+    """`generate` for several begun tasks at once, their items sharing engine calls:
+    an engine that batches continuously (vLLM) runs fastest on calls of hundreds of
+    requests, more than one task holds (see Pipeline). Every task keeps its own
+    results, writer and outcome; the calls stop early only when every task should
+    stop. The tasks share one `BatchPolicy`."""
+    if not runs:
+        return
+    # Keys are unique within a task only (an item's index in its job): number the
+    # requests afresh, and map each result back to its task and index.
+    owner: list[tuple[Running, int]] = []
+    requests: list[GenRequest] = []
+    for run in runs:
+        for q in run.requests:
+            owner.append((run, q.key))
+            requests.append(replace(q, key=len(requests)) if len(runs) > 1 else q)
+    params = {(id(run), q.key): q.params for run in runs for q in run.requests}
     try:
         started = time.perf_counter()
-        hb.batch_started = time.monotonic()
-        hb.generating = True
+        for run in runs:
+            run.hb.batch_started = time.monotonic()
+            run.hb.generating = True
         try:
             batches = generate_all(
                 ctx.engine,
-                run.requests,
-                run.policy,
-                should_stop=lambda: _should_stop(ctx, run),
+                requests,
+                runs[0].policy,
+                should_stop=lambda: all(_should_stop(ctx, run) for run in runs),
             )
-            params = {q.key: q.params for q in run.requests}
             for batch in batches:
                 now = time.perf_counter()
                 per_item = (now - started) * 1000 / max(1, len(batch))
                 started = now
-                if run.held:
-                    run.writer.send(run.held)
-                run.held = [
-                    to_new_result(r, per_item, params.get(r.key), run.keys.get(r.key))
-                    for r in batch
-                ]
-                hb.batch_started = time.monotonic()
+                mine: dict[int, list[NewResult]] = {}
+                for r in batch:
+                    run, key = owner[r.key] if len(runs) > 1 else (runs[0], r.key)
+                    r.key = key
+                    mine.setdefault(id(run), []).append(
+                        to_new_result(r, per_item, params.get((id(run), key)), run.keys.get(key))
+                    )
+                for run in runs:
+                    if id(run) not in mine:
+                        continue
+                    if run.held:
+                        run.writer.send(run.held)
+                    run.held = mine[id(run)]
+                    run.hb.batch_started = time.monotonic()
         finally:
-            hb.generating = False
-        if _should_stop(ctx, run):
-            run.outcome = "stopped"
+            for run in runs:
+                run.hb.generating = False
+        for run in runs:
+            if _should_stop(ctx, run):
+                run.outcome = "stopped"
     except BaseException as exc:
-        run.outcome, run.error = "error", f"{type(exc).__name__}: {exc}"
+        for run in runs:
+            run.outcome, run.error = "error", f"{type(exc).__name__}: {exc}"
         raise
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 
@@ -179,3 +179,114 @@ def test_a_failed_load_on_the_model_thread_reaches_the_caller() -> None:
     else:
         raise AssertionError("the load error was swallowed")
     assert model_thread.call(lambda: 42) == 42  # the thread still serves
+
+
+class GangEngine(SlowEngine):
+    """The echo engine as an engine that batches continuously (like vLLM): it asks for
+    `items` requests per call and records the prompts of every call. Each call first
+    waits until the Celery side has settled (`feed`): every task accepted, or the
+    pipeline holds all it may, so what a gang holds does not depend on timing."""
+
+    def __init__(self, items: int) -> None:
+        super().__init__(0.0)
+        self.continuous_batch = items
+        self.calls: list[list[str]] = []
+        self.settled: Callable[[], bool] = lambda: True
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        deadline = time.monotonic() + 10
+        while not self.settled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.calls.append([r.prompt for r in requests])
+        return super().generate(requests)
+
+
+def feed(pipe: Pipeline, engine: GangEngine, tids: list[int]) -> None:
+    """Accept every task, as the Celery thread does, and wait for the pipeline to end."""
+    accepted = threading.Event()
+
+    def settled() -> bool:
+        with pipe._cv:
+            return accepted.is_set() or not pipe._room()
+
+    engine.settled = settled
+
+    def celery() -> None:
+        for tid in tids:
+            assert pipe.accept(tid) == "accepted"
+        accepted.set()
+
+    thread = threading.Thread(target=celery)
+    thread.start()
+    thread.join(30)
+    pipe.close(timeout=30)
+
+
+def test_first_attempts_of_several_jobs_share_the_engine_calls(store: Store) -> None:
+    # vLLM runs fastest on calls of hundreds of requests: small tasks, even of different
+    # jobs (their item indexes overlap), are generated together, and each result still
+    # reaches its own job and item.
+    engine = GangEngine(items=24)
+    jobs = []
+    for name in ("alpha", "beta"):
+        job = factories.make_job(
+            store,
+            12,
+            4,
+            prompt=lambda i, name=name: f"{name} {i} says hello world",
+            model="slow",
+            params={"max_new_tokens": 3},
+        )
+        jobs.append((name, job.id, factories.task_ids(store, job.id)))
+    pipe = Pipeline(context(store, engine))
+    assert pipe.gang_items == 24
+    feed(pipe, engine, [t for _, _, tids in jobs for t in tids])
+
+    # The first task started alone (nothing else waited); the other five waited for it
+    # and went in one call of 20 requests, from both jobs.
+    assert [len(c) for c in engine.calls] == [4, 20]
+    assert {p.split()[0] for p in engine.calls[1]} == {"alpha", "beta"}
+    for name, job_id, tids in jobs:
+        assert view_job(store, job_id).job.state == "completed"
+        got = [(r.index, r.output) for r in iter_results(store, job_id)]
+        assert got == [(i, f"{name} {i} says") for i in range(12)]
+        with store.read() as s:
+            attempts = s.execute(
+                select(Attempt.task_id, Attempt.number, Attempt.outcome).where(
+                    Attempt.job_id == job_id
+                )
+            ).all()
+        assert sorted(attempts) == [(t, 1, "done") for t in tids]
+
+
+def test_a_gang_is_bounded_by_its_items_and_a_retry_runs_alone(store: Store) -> None:
+    engine = GangEngine(items=8)
+    job_id, tids = make_job(store, n_tasks=6, per_task=4)
+    with store.session() as s:  # the fourth task failed once before: it may be poison
+        task = s.get(Task, tids[3])
+        assert task is not None
+        task.attempts = 1
+    pipe = Pipeline(context(store, engine))
+    feed(pipe, engine, tids)
+
+    def task_of(prompt: str) -> int:
+        return tids[int(prompt.split()[1]) // 4]
+
+    calls = [sorted({task_of(p) for p in call}) for call in engine.calls]
+    # Alone (nothing waited); two tasks (8 items, the most); the retry alone; two more.
+    assert calls == [[tids[0]], tids[1:3], [tids[3]], tids[4:6]]
+    assert view_job(store, job_id).counts.succeeded == 24
+    with store.read() as s:
+        numbers = dict(s.execute(select(Attempt.task_id, Attempt.number)).all())
+    assert numbers[tids[3]] == 2 and all(numbers[t] == 1 for t in tids if t != tids[3])
+
+
+def test_engines_that_want_micro_batches_run_one_task_at_a_time(store: Store) -> None:
+    engine = SlowEngine(0.1)
+    _, tids = make_job(store, n_tasks=3, per_task=4)
+    pipe = Pipeline(context(store, engine))
+    assert pipe.gang_items == 0
+    for tid in tids:
+        pipe.accept(tid)
+    pipe.close(timeout=30)
+    assert len(engine.spans) == 3  # max_batch_size 4: one call per task
