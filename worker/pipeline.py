@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: How long an idle model thread with an engine that batches continuously waits for
+#: more tasks to join the first one's call (the Celery thread claims one every few ms).
+GANG_LINGER = 0.25
+
 
 class ModelThread:
     """The one thread that loads the model and then makes every generate call.
@@ -76,7 +80,8 @@ class Pipeline:
     An engine that batches continuously (vLLM, see batching.continuous_items) runs
     fastest on calls of hundreds of requests, more than one task holds. For it the
     pipeline holds first attempts until they add up to that many items (`gang_items`)
-    and generates them together in one call; a retried task (its attempt > 1: it may
+    and generates them together in one call (an idle model waits up to `linger` seconds
+    for a first task's companions to be claimed); a retried task (its attempt > 1: it may
     hold a poison item) always runs alone, so a crash is charged to it only."""
 
     def __init__(
@@ -85,9 +90,11 @@ class Pipeline:
         model_thread: ModelThread | None = None,
         *,
         gang_items: int | None = None,
+        linger: float = GANG_LINGER,
     ) -> None:
         self.ctx = ctx
         self.gang_items = continuous_items(ctx.engine) if gang_items is None else gang_items
+        self.linger = linger
         self._cv = threading.Condition()
         self._waiting: deque[Running] = deque()  # accepted, not yet taken by the model
         self._closing = False
@@ -129,6 +136,10 @@ class Pipeline:
                 if not self._waiting:
                     self._busy.clear()
                 self._cv.wait_for(lambda: bool(self._waiting) or self._closing)
+                if self.gang_items > 0 and self._room():
+                    # The model was idle: the tasks sent with this one arrive one claim
+                    # apart; wait a moment for them rather than start a call of one.
+                    self._cv.wait_for(lambda: self._closing or not self._room(), self.linger)
             if not self._waiting:
                 return None if self._closing else []
             first = self._waiting.popleft()
