@@ -145,7 +145,8 @@ def test_submit_to_postgres_with_two_worker_processes(
     )
     sched = start(["scheduler"], services)
     try:
-        job_id = json.loads(
+        # `--wait` follows the job to its end, and prints its final status.
+        st = json.loads(
             gq(
                 "submit",
                 str(src),
@@ -155,16 +156,13 @@ def test_submit_to_postgres_with_two_worker_processes(
                 "4",
                 "--chunk-size",
                 "16",
+                "--wait",
                 "--json",
                 env=services,
+                timeout=240,
             ).stdout
-        )["job_id"]
-        deadline = time.monotonic() + 240
-        while True:
-            st = json.loads(gq("status", job_id, "--json", env=services).stdout)
-            if st["state"] not in ("queued", "running") or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        )
+        job_id = st["job_id"]
         assert st["state"] == "completed", st
         assert st["counts"]["succeeded"] == 300
         listed = json.loads(gq("jobs", "--json", env=services).stdout)

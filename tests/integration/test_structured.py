@@ -141,27 +141,32 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
     schema_file.write_text(json.dumps(SCHEMA))
     common = ["--model", "tiny-gpt2", "--max-new-tokens", "30"]
 
-    # Chat with a JSON schema, logprobs and penalties.
-    chat_src = write_jsonl(
-        tmp_path / "chat.jsonl",
-        [
-            openai_line(
-                i,
-                "/v1/chat/completions",
-                response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}},
-                logprobs=True,
-                top_logprobs=3,
-                presence_penalty=0.5,
-                frequency_penalty=0.25,
-                max_tokens=30,
-            )
-            for i in range(n)
-        ],
-    )
-    chat_out = tmp_path / "chat.out.jsonl"
+    # One OpenAI file (one run) of both kinds: chat with a JSON schema, logprobs and
+    # penalties; completions with labels (vLLM's guided_choice) and logprobs as a count.
+    chat = [
+        openai_line(
+            i,
+            "/v1/chat/completions",
+            response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}},
+            logprobs=True,
+            top_logprobs=3,
+            presence_penalty=0.5,
+            frequency_penalty=0.25,
+            max_tokens=30,
+        )
+        for i in range(n)
+    ]
+    text = [
+        openai_line(i, "/v1/completions", guided_choice=LABELS, logprobs=2, max_tokens=30)
+        for i in range(n)
+    ]
+    for line in text:
+        line["custom_id"] = "t" + line["custom_id"]
+    openai_src = write_jsonl(tmp_path / "openai.jsonl", chat + text)
+    openai_out = tmp_path / "openai.out.jsonl"
     run(
-        chat_src,
-        chat_out,
+        openai_src,
+        openai_out,
         tmp_path / "s1",
         "--model",
         "tiny-gpt2",
@@ -190,9 +195,10 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
         "0.25",
         workers=1,
     )
-    openai_lines = [json.loads(x) for x in chat_out.read_text().splitlines()]
+    openai_lines = [json.loads(x) for x in openai_out.read_text().splitlines()]
+    assert [o["custom_id"] for o in openai_lines] == [ln["custom_id"] for ln in chat + text]
     flag_lines = [json.loads(x) for x in flags_out.read_text().splitlines()]
-    for o, f in zip(openai_lines, flag_lines, strict=True):
+    for o, f in zip(openai_lines[:n], flag_lines, strict=True):
         validate_line(f)
         choice = o["response"]["body"]["choices"][0]
         assert choice["message"]["content"] == f["output"]
@@ -203,25 +209,6 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
             jsonschema.validate(json.loads(f["output"]), SCHEMA)
             assert f["parsed"] == json.loads(choice["message"]["content"])
 
-    # Completions with labels (vLLM's guided_choice) and logprobs as a count.
-    text_src = write_jsonl(
-        tmp_path / "text.jsonl",
-        [
-            openai_line(i, "/v1/completions", guided_choice=LABELS, logprobs=2, max_tokens=30)
-            for i in range(n)
-        ],
-    )
-    text_out = tmp_path / "text.out.jsonl"
-    run(
-        text_src,
-        text_out,
-        tmp_path / "s3",
-        "--model",
-        "tiny-gpt2",
-        "--results-format",
-        "openai",
-        workers=1,
-    )
     flags2_out = tmp_path / "flags2.out.jsonl"
     run(
         plain_src,
@@ -234,7 +221,7 @@ def test_openai_lines_give_what_the_cli_flags_give(tmp_path: Path) -> None:
         "2",
         workers=1,
     )
-    text_lines = [json.loads(x) for x in text_out.read_text().splitlines()]
+    text_lines = openai_lines[n:]
     flag_lines = [json.loads(x) for x in flags2_out.read_text().splitlines()]
     for o, f in zip(text_lines, flag_lines, strict=True):
         choice = o["response"]["body"]["choices"][0]
