@@ -40,6 +40,23 @@ print(json.dumps(float(end) - float(first)))
 """  # noqa: E501
 
 
+def wait_ready(dep: Deployment, n_hosts: int, bound: float = 180) -> None:
+    """Until every worker host has a live worker (its SQL heartbeat), as `genqueue
+    workers` shows: otherwise the hosts that load first start alone, and the span
+    measures their staggered start-up rather than N hosts at work."""
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            live = json.loads(dep.run_on("sub", *GQ, "workers", "--json"))["workers"]
+        except AssertionError:  # the services are still starting
+            live = []
+        if len(live) >= n_hosts:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(live)} of {n_hosts} worker hosts ready after {bound} s")
+        time.sleep(0.5)
+
+
 def one_run(n_hosts: int, engine: str, model: str, items: int, max_new: int) -> dict[str, float]:
     names = [f"w{i}" for i in range(1, n_hosts + 1)]
     net = Hosts([*names, "sub"])
@@ -52,6 +69,7 @@ def one_run(n_hosts: int, engine: str, model: str, items: int, max_new: int) -> 
             for host in names:
                 dep.on(host, *GQ, "worker", "--model", model, "--engine", engine,
                        "--processes", "1", "--threads", "1", log=f"{host}.log")  # fmt: skip
+            wait_ready(dep, n_hosts)
             src = common.write_records(work / "in.jsonl", items)
             started = time.monotonic()
             out = dep.run_on(
