@@ -62,7 +62,7 @@ def make_inputs(tmp: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
 
     write(
         "generate",
-        [{"custom_id": f"g{i}", "prompt": sentence(rng, 1, 40)} for i in range(200)],
+        [{"custom_id": f"g{i}", "prompt": sentence(rng, 1, 40)} for i in range(120)],
         {"kind": "generate"},
     )
     write("summarize", [{"text": sentence(rng, 5, 50)} for _ in range(40)], {"kind": "summarize"})
