@@ -6,6 +6,9 @@ transformers, load the model, run length-sorted batches of 32 through `generate`
 write a JSONL file. Both run as fresh processes on the same items, alternately,
 `--repeats` times; medians are reported (the machine is shared).
 
+A third run per round starts the workers without the fork server (each imports torch
+and transformers itself), to show what forking them from one process saves.
+
 The timeline splits the cold run by wall clock and the job's SQL timestamps:
   launch -> job created        Python + CLI imports, embedded Redis + SQLite, reading,
                                validating and storing the input (workers start meanwhile)
@@ -81,14 +84,17 @@ def plain_run(model_dir: Path, src: Path, dst: Path, max_new: int) -> float:
     return time.perf_counter() - t0
 
 
-def cold_run(model: str, src: Path, d: Path, max_new: int, workers: int) -> dict[str, float]:
+def cold_run(
+    model: str, src: Path, d: Path, max_new: int, workers: int, fork_server: bool = True
+) -> dict[str, float]:
     """One cold `genqueue run --json` in a fresh state dir: wall seconds and timeline."""
     state = d / f"state-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "genqueue.cli", "run", str(src), "--model", model]
     cmd += ["--max-new-tokens", str(max_new), "--workers", str(workers), "--device", "cpu"]
     cmd += ["--json", "--state-dir", str(state), "-o", str(d / "out.jsonl")]
+    env = {**os.environ, "GENQUEUE_FORK_SERVER": "true" if fork_server else "false"}
     launch, t0 = time.time(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd="/tmp")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd="/tmp", env=env)
     wall, end = time.perf_counter() - t0, time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"genqueue run failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -109,6 +115,7 @@ def run(items: int = 512, max_new: int = 32, workers: int = 2, repeats: int = 3)
     load0 = os.getloadavg()[0]
     plain: list[float] = []
     cold: list[dict[str, float]] = []
+    exec_walls: list[float] = []
     with common.scratch_dir("startup-") as d:
         src = common.write_jsonl(d / "in.jsonl", throughput.prompts_for(items))
         for i in range(repeats):
@@ -116,7 +123,13 @@ def run(items: int = 512, max_new: int = 32, workers: int = 2, repeats: int = 3)
             plain.append(plain_run(model_dir, src, d / "plain.jsonl", max_new))
             print(f"[startup] round {i + 1}/{repeats}: cold genqueue run", flush=True)
             cold.append(cold_run(model, src, d, max_new, workers))
-            print(f"[startup]   plain {plain[-1]:.2f} s, genqueue {cold[-1]}", flush=True)
+            print(f"[startup] round {i + 1}/{repeats}: cold run, no fork server", flush=True)
+            exec_walls.append(cold_run(model, src, d, max_new, workers, False)["wall"])
+            print(
+                f"[startup]   plain {plain[-1]:.2f} s, genqueue {cold[-1]}, "
+                f"without the fork server {exec_walls[-1]:.2f} s",
+                flush=True,
+            )
     med = {k: statistics.median(c[k] for c in cold) for k in cold[0]}
     plain_med = statistics.median(plain)
     walls = [c["wall"] for c in cold]
@@ -131,6 +144,17 @@ def run(items: int = 512, max_new: int = 32, workers: int = 2, repeats: int = 3)
             target="<= 1.1",
             note="median of the per-round ratios",
         ),
+        figure(
+            "cold run without the fork server (GENQUEUE_FORK_SERVER=false), wall",
+            statistics.median(exec_walls),
+            "s",
+        ),
+        figure(
+            "cold run / cold run without the fork server",
+            statistics.median(c["wall"] / e for c, e in zip(cold, exec_walls, strict=True)),
+            "x",
+            note="median of the per-round ratios",
+        ),
         figure("timeline: launch -> job created", med["to_created"], "s"),
         figure("timeline: job created -> first claimed task", med["to_first_claim"], "s"),
         figure("timeline: first claim -> job final (processing)", med["processing"], "s"),
@@ -140,7 +164,8 @@ def run(items: int = 512, max_new: int = 32, workers: int = 2, repeats: int = 3)
         f"{items} tiny-gpt2 prompts (5-200 tokens), {max_new} new tokens, greedy; "
         f"{repeats} rounds, plain script and cold run alternately, medians. "
         f"Per-round wall: plain {', '.join(f'{p:.1f}' for p in plain)} s; genqueue "
-        f"{', '.join(f'{w:.1f}' for w in walls)} s.",
+        f"{', '.join(f'{w:.1f}' for w in walls)} s; without the fork server "
+        f"{', '.join(f'{w:.1f}' for w in exec_walls)} s.",
         f"Load average (1 min) {load0:.2f} before, {os.getloadavg()[0]:.2f} after.",
     ]
     return {

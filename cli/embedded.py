@@ -88,14 +88,17 @@ class EmbeddedStack:
         )
         self._thread.start()
 
-    def start_workers(self, spec: WorkerSpec) -> Supervisor:
-        """Start local worker processes on this stack's settings (URLs included)."""
+    def start_workers(self, spec: WorkerSpec, prepared: Supervisor | None = None) -> Supervisor:
+        """Start local worker processes on this stack's settings (URLs included); with
+        `prepared`, that supervisor (made for `spec` before the stack existed, see
+        `Supervisor.prepare`) starts them."""
         from dataclasses import replace
 
         from genqueue.worker.supervisor import Supervisor
 
         env = {**spec.env, **self.settings.child_env()}
-        supervisor = Supervisor(replace(spec, env=env))
+        supervisor = prepared or Supervisor(replace(spec, env=env))
+        supervisor.spec = replace(spec, env=env)
         supervisor.start()
         self.supervisors.append(supervisor)
         return supervisor

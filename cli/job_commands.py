@@ -74,9 +74,9 @@ def run(
     """Run a job end to end on this machine: embedded Redis + SQLite + local workers."""
     from genqueue.cli.embedded import EmbeddedStack
     from genqueue.cli.progress import follow
-    from genqueue.protocol import cache_dir
+    from genqueue.protocol import cache_dir, resolve_model_ref
     from genqueue.scheduler.exports import check_target, export_format
-    from genqueue.worker.supervisor import WorkerSpec, visible_gpus
+    from genqueue.worker.supervisor import Supervisor, WorkerSpec, visible_gpus
 
     kwargs = job.submit_kwargs()
     state = state_dir or cache_dir() / "embedded"
@@ -88,41 +88,58 @@ def run(
     if errors is not None:
         check_target(errors, "--errors")
     started = time.monotonic()
-    stack = EmbeddedStack.start(state, settings())
+    config = settings()
+    gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
+    n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
+    serving: dict[str, Any] = {}
+
+    def worker_spec(model: str, models: list[str]) -> WorkerSpec:
+        """The workers for `model`, the processes split evenly between the job's models."""
+        per_model = max(1, n // len(models))
+        threads = worker_options.get("threads") or (
+            max(1, (os.cpu_count() or 1) // (per_model * len(models))) if len(models) > 1 else 0
+        )
+        return WorkerSpec(
+            options=WorkerOptions(
+                model=model,
+                revision=kwargs["revision"],
+                trust_remote_code=kwargs["trust_remote_code"],
+                **{**worker_options, "threads": threads},
+            ),
+            processes=per_model,
+            log_dir=str(state / "logs" / str(len(serving))),
+            fork_server=config.fork_server,
+        )
+
+    # --model names the job's only model: its fork server (if its workers are forked)
+    # imports torch, transformers and the model's classes while the embedded Redis and
+    # database start; the workers it forks load the model while the input is stored.
+    early: Supervisor | None = None
+    if kwargs["model"]:
+        first = resolve_model_ref(kwargs["model"])
+        early = Supervisor(worker_spec(first, [first]))
+        early.prepare()
+    try:
+        stack = EmbeddedStack.start(state, config)
+    except BaseException:
+        if early is not None:
+            early.stop(grace=1)
+        raise
     try:
         from genqueue.client import Client
-        from genqueue.protocol import resolve_model_ref
-
-        gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
-        n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
-        serving: dict[str, Any] = {}
 
         def start_workers(models: list[str]) -> None:
-            """Workers for each of `models` not served yet, the processes split evenly
-            between all the job's models."""
-            per_model = max(1, n // len(models))
-            threads = worker_options.get("threads") or (
-                max(1, (os.cpu_count() or 1) // (per_model * len(models))) if len(models) > 1 else 0
-            )
+            """Workers for each of `models` not served yet."""
             for model in models:
                 if model in serving:
                     continue
+                mine = early is not None and early.spec.options.model == model
                 serving[model] = stack.start_workers(
-                    WorkerSpec(
-                        options=WorkerOptions(
-                            model=model,
-                            revision=kwargs["revision"],
-                            trust_remote_code=kwargs["trust_remote_code"],
-                            **{**worker_options, "threads": threads},
-                        ),
-                        processes=per_model,
-                        log_dir=str(state / "logs" / str(len(serving))),
-                    )
+                    worker_spec(model, models), early if mine else None
                 )
 
         if kwargs["model"]:
-            # --model names the job's only model: the workers import torch and load it
-            # while this process validates and stores the input.
+            # The workers load the model while this process validates and stores the input.
             start_workers([resolve_model_ref(kwargs["model"])])
         gq = Client(settings=stack.settings)
         job_id = gq.submit(open_input(input), **kwargs)

@@ -4,12 +4,15 @@ The supervisor never imports torch. Each child is `python -m genqueue.worker.pro
 which loads its own model copy. On CPU the cores are split evenly (OMP/MKL threads); on
 GPUs each child gets its own devices through CUDA_VISIBLE_DEVICES. A child that dies is
 restarted (with backoff); its task's lease expires and another worker finishes it.
+
+With `WorkerSpec.fork_server` (the embedded run), CPU workers of the hf and dry-run
+engines are forked from one process that imported everything once (forkserver.py)
+instead of each importing torch and transformers on the same cores; if that process
+cannot serve, children are exec'd as usual.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -20,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from genqueue.worker.forkserver import ForkedProcess, ForkServer, die_with_parent
 from genqueue.workeropts import WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,18 @@ class WorkerSpec:
     #: When set, each process writes its output to `worker-<slot>.log` there instead of
     #: the terminal (the embedded run keeps the terminal for its progress bar).
     log_dir: str | None = None
+    #: Fork CPU workers from one process that imported torch, transformers and the
+    #: worker once (see forkserver.py), when the engine allows it: start-up then costs
+    #: one import, not one per process.
+    fork_server: bool = False
+
+
+#: Engines whose workers may be forked from a fork server, and what it imports for
+#: them. Others (deepspeed, vllm, your own) start processes or devices of their own.
+FORKABLE_ENGINES = {
+    "hf": ["genqueue.worker.process", "genqueue.worker.engines.hf"],
+    "dry-run": ["genqueue.worker.process", "genqueue.worker.engines.dryrun"],
+}
 
 
 def visible_gpus() -> list[str]:
@@ -58,12 +74,6 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the supervisor dies, so no orphan keeps a GPU."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Supervisor:
     def __init__(self, spec: WorkerSpec) -> None:
         opts = spec.options
@@ -75,7 +85,9 @@ class Supervisor:
             n = len(self.gpus) // opts.tensor_parallel if self.gpus else 1
             spec = replace(spec, processes=max(1, n))
         self.spec = spec
-        self.children: list[subprocess.Popen[bytes] | None] = [None] * spec.processes
+        self.children: list[subprocess.Popen[bytes] | ForkedProcess | None]
+        self.children = [None] * spec.processes
+        self.server: ForkServer | None = None
         self.restarts = [0] * spec.processes
         self.spawned = [0] * spec.processes
         self.started = [0.0] * spec.processes
@@ -115,14 +127,20 @@ class Supervisor:
             "--name",
             name,
         ]
-        out = None
+        log_file = None
         if s.log_dir:
             Path(s.log_dir).mkdir(parents=True, exist_ok=True)
-            out = open(self.log_path(slot), "ab")  # noqa: SIM115 (the child owns it)
+            log_file = str(self.log_path(slot))
+        if self.server is not None:
+            forked = self.server.spawn(cmd[3:], self._env(slot), log_file)
+            if forked is not None:
+                self.children[slot] = forked
+                return
+        out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (the child owns it)
         self.children[slot] = subprocess.Popen(
             cmd,
             env=self._env(slot),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
         )
@@ -140,12 +158,39 @@ class Supervisor:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def _forking(self) -> bool:
+        s = self.spec
+        return (
+            s.fork_server
+            and sys.platform == "linux"
+            and not self.gpus
+            and s.options.engine in FORKABLE_ENGINES
+        )
+
+    def prepare(self) -> None:
+        """Start the fork server, if this supervisor will fork its workers, without
+        starting any worker: its imports can begin before the workers' settings (the
+        broker and database URLs in `spec.env`) are known. `start` calls it too."""
+        if self._forking() and self.server is None:
+            log = None
+            if self.spec.log_dir:
+                Path(self.spec.log_dir).mkdir(parents=True, exist_ok=True)
+                log = str(Path(self.spec.log_dir) / "forkserver.log")
+            # numpy's OpenBLAS would start a thread per core at import, and a server
+            # with threads cannot fork safely (the workers' torch has its own pool).
+            env = {**self._env(0), "OPENBLAS_NUM_THREADS": "1"}
+            opts = self.spec.options
+            self.server = ForkServer(FORKABLE_ENGINES[opts.engine], opts.to_args(), env, log)
+
     def start(self) -> None:
+        self.prepare()
         for slot in range(self.spec.processes):
             self._spawn(slot)
 
     def pids(self) -> list[int]:
-        return [c.pid for c in self.children if c is not None and c.poll() is None]
+        return [
+            c.pid for c in self.children if c is not None and c.pid is not None and c.poll() is None
+        ]
 
     def poll(self) -> None:
         """Restart children that exited, with exponential backoff per slot."""
@@ -154,6 +199,15 @@ class Supervisor:
         now = time.monotonic()
         for slot, child in enumerate(self.children):
             if child is None or child.poll() is None:
+                continue
+            if child.pid is None:
+                # The fork server went away before forking it: it never ran, so this
+                # is no crash; exec it instead, now.
+                log.warning(
+                    "worker fork server gone (%s); starting processes directly",
+                    self.server.refused if self.server else "?",
+                )
+                self._spawn(slot)
                 continue
             if self.next_start[slot] == 0.0:
                 # The backoff is for crash loops. A process that lived a while before it
@@ -194,6 +248,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        if self.server is not None:
+            self.server.close()
 
     def run_forever(self) -> int:
         """Foreground mode for `genqueue worker`: supervise until SIGTERM/SIGINT."""

@@ -20,15 +20,33 @@ pytestmark = pytest.mark.slow
 def test_run_starts_the_workers_before_the_input_is_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With --model the job's model is known up front: the worker processes are spawned
+    """With --model the job's model is known up front: the fork server starts importing
+    before the embedded Redis and database start, and the worker processes are spawned
     before the input is read, validated and stored, so their imports and model load
-    overlap the submit. The run still completes every item."""
+    overlap the submit. The run still completes every item, on forked workers."""
+    from genqueue.worker.forkserver import ForkServer
+
     events: list[str] = []
     real_start, real_submit = EmbeddedStack.start_workers, Client.submit
+    real_stack, real_server = EmbeddedStack.start.__func__, ForkServer.__init__  # type: ignore[attr-defined]
 
-    def start_workers(self: EmbeddedStack, spec: Any) -> Any:
+    def start_stack(cls: type[EmbeddedStack], *args: Any, **kwargs: Any) -> Any:
+        events.append("stack")
+        return real_stack(cls, *args, **kwargs)
+
+    def start_server(self: ForkServer, *args: Any, **kwargs: Any) -> None:
+        events.append("fork server")
+        real_server(self, *args, **kwargs)
+
+    def start_workers(self: EmbeddedStack, spec: Any, prepared: Any = None) -> Any:
         events.append(f"workers {Path(spec.options.model).name}")
-        return real_start(self, spec)
+        sup = real_start(self, spec, prepared)
+        forked.extend(type(c).__name__ for c in sup.children)
+        return sup
+
+    forked: list[str] = []
+    monkeypatch.setattr(EmbeddedStack, "start", classmethod(start_stack))
+    monkeypatch.setattr(ForkServer, "__init__", start_server)
 
     def submit(self: Client, *args: Any, **kwargs: Any) -> str:
         events.append("submit")
@@ -43,7 +61,8 @@ def test_run_starts_the_workers_before_the_input_is_stored(
     args += ["--workers", "1", "--state-dir", str(tmp_path / "state"), "-o", str(out), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert events == ["workers bench-dry-run", "submit"]
+    assert events == ["fork server", "stack", "workers bench-dry-run", "submit"]
+    assert forked == ["ForkedProcess"]
     assert len(out.read_text().splitlines()) == 20
 
 

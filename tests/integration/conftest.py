@@ -27,13 +27,20 @@ class Deployment:
     reconciler: threading.Thread | None = None
 
     def start_workers(
-        self, model: str, processes: int = 1, engine: str = "hf", **kw: Any
+        self,
+        model: str,
+        processes: int = 1,
+        engine: str = "hf",
+        *,
+        fork_server: bool = False,
+        **kw: Any,
     ) -> Supervisor:
         sup = Supervisor(
             WorkerSpec(
                 options=WorkerOptions(model=model, engine=engine, device="cpu", threads=1, **kw),
                 processes=processes,
                 env=self.settings.child_env(),
+                fork_server=fork_server,
             )
         )
         sup.start()
@@ -56,8 +63,7 @@ class Deployment:
         self.client.close()
 
 
-@pytest.fixture
-def deployment(db_url: str, redis_url: str) -> Iterator[Deployment]:
+def make_deployment(db_url: str, redis_url: str) -> Deployment:
     settings = Settings(
         database_url=db_url,
         broker_url=redis_url,
@@ -68,5 +74,11 @@ def deployment(db_url: str, redis_url: str) -> Iterator[Deployment]:
     )
     dep = Deployment(settings=settings, client=Client(settings=settings))
     dep.start_reconciler()
+    return dep
+
+
+@pytest.fixture
+def deployment(db_url: str, redis_url: str) -> Iterator[Deployment]:
+    dep = make_deployment(db_url, redis_url)
     yield dep
     dep.close()

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from genqueue.params import LENGTH_FIELDS, GenerationParams
-from genqueue.protocol import context_length
+from genqueue.protocol import context_length, resolve_model_ref
 from genqueue.worker.engines import check_model_ref
 from genqueue.worker.engines.base import GenRequest, GenResult, ModelInfo, OutOfMemory
 from genqueue.worker.engines.constrained import GrammarCache, GrammarMask, OpenAIPenalties
@@ -448,6 +448,38 @@ class HFEngine(PromptMethods):
                 f"~{need / 2**20:.0f} MiB of KV cache; host memory limit is "
                 f"{self.host_memory_limit_mb} MiB"
             )
+
+
+def prefork(options: WorkerOptions) -> None:
+    """Import what loading `options.model` will import, and build nothing.
+
+    transformers imports a model's classes and what they need (torch.distributed.tensor,
+    sympy, its losses, the tokenizer's module) on the first `from_pretrained`: about 3 s
+    of CPU. A fork server (worker/forkserver.py) calls this before it forks workers, so
+    they pay it once; it must leave no thread, tensor or connection behind. Code shipped
+    with the model is not imported here (it runs in the workers, as without a server)."""
+    import transformers.generation.utils
+    import transformers.modeling_utils  # noqa: F401
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+    )
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    if options.trust_remote_code:
+        return
+    config = AutoConfig.from_pretrained(
+        resolve_model_ref(options.model), revision=options.revision, local_files_only=True
+    )
+    mapping = (
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
+        if config.is_encoder_decoder
+        else MODEL_FOR_CAUSAL_LM_MAPPING
+    )
+    with contextlib.suppress(KeyError):
+        mapping[type(config)]  # imports the model's module
+    with contextlib.suppress(KeyError):
+        TOKENIZER_MAPPING[type(config)]  # and its tokenizer's
 
 
 class _RowLimits(StoppingCriteria):
