@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from genqueue.worker.engines import engine_module
 from genqueue.worker.forkserver import ForkedProcess, ForkServer, die_with_parent
 from genqueue.workeropts import WorkerOptions
 
@@ -52,12 +53,15 @@ class WorkerSpec:
     fork_server: bool = False
 
 
-#: Engines whose workers may be forked from a fork server, and what it imports for
-#: them. Others (deepspeed, vllm, your own) start processes or devices of their own.
-FORKABLE_ENGINES = {
-    "hf": ["genqueue.worker.process", "genqueue.worker.engines.hf"],
-    "dry-run": ["genqueue.worker.process", "genqueue.worker.engines.dryrun"],
-}
+#: Engines whose workers may be forked from a fork server, which imports the worker
+#: and the engine's module for them. Others (deepspeed, vllm, your own) start
+#: processes or devices of their own.
+FORKABLE_ENGINES = ("hf", "dry-run")
+
+
+def fork_server_modules(engine: str) -> list[str]:
+    """What a fork server imports before it forks workers of `engine`."""
+    return ["genqueue.worker.process", engine_module(engine)]
 
 
 def visible_gpus() -> list[str]:
@@ -117,22 +121,14 @@ class Supervisor:
         # and a restarted process must not pass for the one that died.
         name = f"gq-{os.getpid()}-{slot}.{self.spawned[slot]}@{os.uname()[1]}"
         options = s.options.model_copy(update={"threads": self.threads})
-        cmd = [
-            sys.executable,
-            "-m",
-            "genqueue.worker.process",
-            *options.to_args(),
-            "--loglevel",
-            s.loglevel,
-            "--name",
-            name,
-        ]
+        args = [*options.to_args(), "--loglevel", s.loglevel, "--name", name]
+        cmd = [sys.executable, "-m", "genqueue.worker.process", *args]
         log_file = None
         if s.log_dir:
             Path(s.log_dir).mkdir(parents=True, exist_ok=True)
             log_file = str(self.log_path(slot))
         if self.server is not None:
-            forked = self.server.spawn(cmd[3:], self._env(slot), log_file)
+            forked = self.server.spawn(args, self._env(slot), log_file)
             if forked is not None:
                 self.children[slot] = forked
                 return
@@ -180,7 +176,7 @@ class Supervisor:
             # with threads cannot fork safely (the workers' torch has its own pool).
             env = {**self._env(0), "OPENBLAS_NUM_THREADS": "1"}
             opts = self.spec.options
-            self.server = ForkServer(FORKABLE_ENGINES[opts.engine], opts.to_args(), env, log)
+            self.server = ForkServer(fork_server_modules(opts.engine), opts.to_args(), env, log)
 
     def start(self) -> None:
         self.prepare()

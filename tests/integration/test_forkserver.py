@@ -120,8 +120,8 @@ def test_a_server_that_cannot_import_hands_over_to_execd_workers(
     workers it was asked for are exec'd at once, without a crash-loop backoff."""
     from genqueue.worker import supervisor
 
-    monkeypatch.setitem(
-        supervisor.FORKABLE_ENGINES, "dry-run", ["genqueue.worker.process", "no_such_module"]
+    monkeypatch.setattr(
+        supervisor, "fork_server_modules", lambda _: ["genqueue.worker.process", "no_such_module"]
     )
     sup = dep.start_workers("tiny-gpt2", processes=2, engine="dry-run", fork_server=True)
     t0 = time.monotonic()

@@ -49,6 +49,13 @@ _BUILT_IN = {
     "vllm": "genqueue.worker.engines.vllm:VLLMEngine",
 }
 ENGINE_NAMES = tuple(_BUILT_IN)
+
+
+def engine_module(name: str) -> str:
+    """The module that holds built-in engine `name` (not imported here)."""
+    return _BUILT_IN[name].partition(":")[0]
+
+
 #: What an engine must provide (see engines/base.py).
 _REQUIRED = ("info", "count_tokens", "truncate", "generate", "close")
 
