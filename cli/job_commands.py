@@ -29,7 +29,6 @@ from genqueue.cli.app import (
 from genqueue.cli.errors import LocalWorkersError, OptionError
 from genqueue.cli.jobopts import JOB_OPTIONS, JobOptions, parse_deadline
 from genqueue.cli.options import OptionGroup, model_params, with_options
-from genqueue.storage.status import JobCounts
 from genqueue.workeropts import WorkerOptions
 
 #: `genqueue run`'s worker options: the job gives the model, revision and remote-code
@@ -72,22 +71,22 @@ def run(
     worker_options: dict[str, Any],
 ) -> None:
     """Run a job end to end on this machine: embedded Redis + SQLite + local workers."""
-    from genqueue.cli.embedded import EmbeddedStack
-    from genqueue.cli.progress import follow
+    # Only what checks the options and starts the fork server is imported before it
+    # starts; SQLAlchemy and the rest load while it imports torch.
     from genqueue.protocol import cache_dir, resolve_model_ref
-    from genqueue.scheduler.exports import check_target, export_format
+    from genqueue.scheduler.targets import check_target, export_format
     from genqueue.worker.supervisor import Supervisor, WorkerSpec, visible_gpus
 
+    started = time.monotonic()
     kwargs = job.submit_kwargs()
     state = state_dir or cache_dir() / "embedded"
     target = output or default_output(input)
-    # A bad -o fails now, not after the job.
+    # A bad -o fails now, before anything starts.
     if export_format(target, results_format) != "openai" and errors is not None:
         raise OptionError("--errors goes with --results-format openai")
     check_target(target, "-o")
     if errors is not None:
         check_target(errors, "--errors")
-    started = time.monotonic()
     config = settings()
     gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
     n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
@@ -120,6 +119,9 @@ def run(
         early = Supervisor(worker_spec(first, [first]))
         early.prepare()
     try:
+        from genqueue.cli.embedded import EmbeddedStack
+        from genqueue.cli.progress import follow
+
         stack = EmbeddedStack.start(state, config)
     except BaseException:
         if early is not None:
@@ -254,6 +256,8 @@ def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -
         table.add_row("duplicate executions", str(st["duplicate_executions"]))
     if st.get("reused"):
         table.add_row("reused", f"{st['reused']} items copied from identical earlier items")
+    from genqueue.storage.status import JobCounts
+
     for j in st.get("jobs", ()):
         c = j["counts"]
         done = JobCounts.from_dict(c).done
@@ -292,6 +296,8 @@ def jobs(
     if json_out:
         out.print_json(data=rows)
         return
+    from genqueue.storage.status import JobCounts
+
     table = Table("job", "state", "kind", "model", "done/total", "failed", "created")
     for r in rows:
         c = r["counts"]

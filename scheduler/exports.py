@@ -22,6 +22,7 @@ from genqueue import formats
 from genqueue.resultline import FLAT_COLUMNS, ResultLine
 from genqueue.scheduler.errors import ExportError
 from genqueue.scheduler.openai_format import Origin, is_error_line, output_line
+from genqueue.scheduler.targets import EXPORT_FORMATS, export_format
 from genqueue.storage import batches
 from genqueue.storage.db import Store
 from genqueue.storage.loading import BATCH_PREFIX
@@ -29,51 +30,8 @@ from genqueue.storage.models import Job
 from genqueue.storage.results import StoredResult, iter_results, iter_stored
 from genqueue.storage.status import view_job
 
-#: The result formats, by name (see genqueue/formats.py).
-EXPORT_FORMATS = formats.names("output")
 #: Rows per Parquet row group: bounds the export's memory.
 PARQUET_GROUP_ROWS = 50_000
-
-
-def export_format(path: str, explicit: str | None = None) -> str:
-    """The format results are written in: `explicit`, else from the path's extension
-    (stdout, "-", is JSONL)."""
-    if explicit:
-        found = formats.by_name(explicit, "output")
-        if found is None:
-            raise ExportError(f"format: {explicit!r} is not one of {', '.join(EXPORT_FORMATS)}")
-        return found.name
-    if path == "-":
-        return "jsonl"
-    detected = formats.by_extension(Path(path).suffix, "output")
-    if detected is None:
-        raise ExportError(
-            f"cannot tell the format of {path!r} from its extension; "
-            "use .jsonl, .csv or .parquet (or pass --format)"
-        )
-    return detected.name
-
-
-def check_target(path: str, what: str = "output") -> None:
-    """Fail now, before any work, when results could not be written to `path` later:
-    a directory, a read-only file, a folder that cannot be created or written to
-    (missing folders are created when the results are written)."""
-    if path == "-":
-        return
-    target = Path(path).absolute()
-    if target.is_dir():
-        raise ExportError(f"{what} {path!r} is a directory; give a file name")
-    if target.exists():
-        if not os.access(target, os.W_OK):
-            raise ExportError(f"{what} {path!r} is not writable")
-        return
-    folder = target.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ExportError(f"{what} {path!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"{what} {path!r}: the folder {str(folder)!r} is not writable")
 
 
 def _write_jsonl(lines: Iterator[ResultLine], out: IO[str]) -> int:

@@ -300,6 +300,7 @@ class ForkServer:
         self.ready = False
         self.refused: str | None = None
         self.children: dict[int, ForkedProcess] = {}
+        self.forked = 0
         self._next = 0
         self._replies = os.fdopen(r, "rb")
         threading.Thread(target=self._read, daemon=True, name="forkserver-replies").start()
@@ -322,6 +323,7 @@ class ForkServer:
         elif "refused" in msg:
             self.refused = str(msg["refused"])
         elif "spawned" in msg:
+            self.forked += 1
             child = self.children.get(int(msg["spawned"]))
             if child is not None:
                 child.pid = int(msg["pid"])
@@ -358,6 +360,17 @@ class ForkServer:
                 self.children.pop(child.rid, None)
             return None
         return child
+
+    def kill_if_unused(self) -> bool:
+        """Kill the server if it has forked nothing yet (it may still be importing):
+        nothing it was asked for has run, so nothing needs stopping, and a run that
+        fails early (bad input) need not wait for torch to import. True if it did."""
+        with self.cond:
+            if self.forked:
+                return False
+        self.proc.kill()
+        self.proc.wait()
+        return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the server (its children should have exited already)."""

@@ -234,6 +234,8 @@ class Supervisor:
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM (finish or release the task in flight), then SIGKILL after `grace`."""
+        if self.server is not None:
+            self.server.kill_if_unused()
         self.signal_stop()
         deadline = time.monotonic() + grace
         for child in self.children:

@@ -174,11 +174,20 @@ def test_killing_the_supervisor_leaves_no_process(dep: Deployment, tmp_path: Pat
 
 
 def test_stopping_before_the_server_is_ready(dep: Deployment) -> None:
-    """Stopped while the server is still importing: the requests are settled in order,
-    every process ends and `stop` returns."""
-    sup = dep.start_workers("tiny-gpt2", processes=2, engine="dry-run", fork_server=True)
+    """Stopped while the server is still importing torch (a run whose input turned out
+    bad): nothing was forked, so the server is killed at once instead of being waited
+    for; no worker ever ran and no process is left."""
+    sup = dep.start_workers("tiny-gpt2", processes=2, engine="hf", fork_server=True)
     assert sup.server is not None
     server = sup.server.proc
     sup.stop(grace=30)
-    assert all(c is not None and c.poll() is not None for c in sup.children)
-    assert server.poll() is not None
+    assert server.returncode == -signal.SIGKILL  # not the exit of a server that served
+    for child in sup.children:
+        assert isinstance(child, ForkedProcess)
+        assert child.pid is None and child.returncode == 1  # never forked, never ran
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "genqueue.worker" in " ".join(p.cmdline())
+    ]
+    assert not left

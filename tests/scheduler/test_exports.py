@@ -12,7 +12,8 @@ import pytest
 
 from genqueue.resultline import FLAT_COLUMNS
 from genqueue.scheduler.errors import ExportError
-from genqueue.scheduler.exports import export_format, export_results, parquet_schema
+from genqueue.scheduler.exports import export_results, parquet_schema
+from genqueue.scheduler.targets import export_format
 from genqueue.storage import leases
 from genqueue.storage.claims import Claim
 from genqueue.storage.db import Store

@@ -1,0 +1,57 @@
+"""Where a job's results go: the format a path asks for and whether it can be written.
+
+Checked before any work starts (`genqueue run` checks -o before it starts a worker), so
+this module imports nothing heavy; exports.py writes the results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from genqueue import formats
+from genqueue.scheduler.errors import ExportError
+
+#: The result formats, by name (see genqueue/formats.py).
+EXPORT_FORMATS = formats.names("output")
+
+
+def export_format(path: str, explicit: str | None = None) -> str:
+    """The format results are written in: `explicit`, else from the path's extension
+    (stdout, "-", is JSONL)."""
+    if explicit:
+        found = formats.by_name(explicit, "output")
+        if found is None:
+            raise ExportError(f"format: {explicit!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        return found.name
+    if path == "-":
+        return "jsonl"
+    detected = formats.by_extension(Path(path).suffix, "output")
+    if detected is None:
+        raise ExportError(
+            f"cannot tell the format of {path!r} from its extension; "
+            "use .jsonl, .csv or .parquet (or pass --format)"
+        )
+    return detected.name
+
+
+def check_target(path: str, what: str = "output") -> None:
+    """Fail now, before any work, when results could not be written to `path` later:
+    a directory, a read-only file, a folder that cannot be created or written to
+    (missing folders are created when the results are written)."""
+    if path == "-":
+        return
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ExportError(f"{what} {path!r} is a directory; give a file name")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise ExportError(f"{what} {path!r} is not writable")
+        return
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"{what} {path!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{what} {path!r}: the folder {str(folder)!r} is not writable")
