@@ -20,6 +20,19 @@ from genqueue.storage.models import FINAL_JOB_STATES
 from genqueue.storage.status import JobCounts
 
 
+#: Status reads come at least this far apart...
+MIN_POLL = 0.05
+#: ...and this many times as far apart as one read takes, so watching a job costs its
+#: database (and this process) at most a tenth of the time, however big the job.
+POLL_TO_READ = 10
+
+
+def next_poll(read_seconds: float, poll: float) -> float:
+    """The wait before the next status read, after one that took `read_seconds`: short
+    while reads are cheap (the end of a small job is seen at once), up to `poll`."""
+    return min(poll, max(MIN_POLL, POLL_TO_READ * read_seconds))
+
+
 def follow(
     status: Callable[[], dict[str, Any]],
     console: Console,
@@ -27,9 +40,12 @@ def follow(
     poll: float = 0.5,
     check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Show progress until the job is final; returns the final status. `check` runs each
-    poll (e.g. to raise when local workers cannot start)."""
+    """Show progress until the job is final; returns the final status. Status is read
+    at most `poll` seconds apart (sooner while reads are cheap, see `next_poll`);
+    `check` runs after each read (e.g. to raise when local workers cannot start)."""
+    began = time.monotonic()
     st = status()
+    took = time.monotonic() - began
     total = st["counts"]["total"]
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -67,5 +83,7 @@ def follow(
                 return st
             if check:
                 check()
-            time.sleep(poll)
+            time.sleep(next_poll(took, poll))
+            began = time.monotonic()
             st = status()
+            took = time.monotonic() - began
