@@ -19,7 +19,6 @@ from rich.progress import (
 from genqueue.storage.models import FINAL_JOB_STATES
 from genqueue.storage.status import JobCounts
 
-
 #: Status reads come at least this far apart...
 MIN_POLL = 0.05
 #: ...and this many times as far apart as one read takes, so watching a job costs its

@@ -51,7 +51,13 @@ def worker(
         check_schema(store)  # one clear line now, rather than from every process
     finally:
         store.dispose()
-    spec = WorkerSpec(options=options, processes=processes, loglevel=loglevel, env=s.child_env())
+    spec = WorkerSpec(
+        options=options,
+        processes=processes,
+        loglevel=loglevel,
+        env=s.child_env(),
+        fork_server=s.fork_server,
+    )
     raise typer.Exit(Supervisor(spec).run_forever())
 
 

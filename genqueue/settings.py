@@ -86,9 +86,10 @@ class Settings(BaseSettings):
     #: current one, and commits the previous one's last results meanwhile. Off: one task
     #: at a time (a queued task never waits behind a busy worker's current task).
     prefetch: bool = True
-    #: `genqueue run` forks its CPU worker processes (hf and dry-run engines, Linux)
-    #: from one that imported torch, transformers and the model's classes once, instead
-    #: of each importing them on the same cores (worker/forkserver.py).
+    #: `genqueue run` and `genqueue worker` fork their CPU worker processes (hf and
+    #: dry-run engines, Linux) from one that imported torch, transformers and the
+    #: model's classes once, instead of each importing them on the same cores; a crashed
+    #: process is forked again in a fraction of a second (worker/forkserver.py).
     fork_server: bool = True
     #: Workers send Celery's task events and worker heartbeats, for monitors such as
     #: Flower (README, "Flower"). About 1 ms per task on a worker (a task is a chunk

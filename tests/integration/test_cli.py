@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from genqueue.broker import queue_depth, redis_client
@@ -165,6 +166,10 @@ def test_submit_to_postgres_with_two_worker_processes(
         job_id = st["job_id"]
         assert st["state"] == "completed", st
         assert st["counts"]["succeeded"] == 300
+        # On CPU both processes were forked from one fork server under `genqueue worker`.
+        [server] = psutil.Process(worker.pid).children()
+        assert "genqueue.worker.forkserver" in server.cmdline()
+        assert len(server.children()) == 2
         listed = json.loads(gq("jobs", "--json", env=services).stdout)
         assert [j["job_id"] for j in listed] == [job_id]
         gq("results", job_id, "-o", str(tmp_path / "out.csv"), env=services)

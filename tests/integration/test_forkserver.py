@@ -177,6 +177,7 @@ def test_stopping_before_the_server_is_ready(dep: Deployment) -> None:
     """Stopped while the server is still importing torch (a run whose input turned out
     bad): nothing was forked, so the server is killed at once instead of being waited
     for; no worker ever ran and no process is left."""
+    began = time.time()
     sup = dep.start_workers("tiny-gpt2", processes=2, engine="hf", fork_server=True)
     assert sup.server is not None
     server = sup.server.proc
@@ -185,9 +186,11 @@ def test_stopping_before_the_server_is_ready(dep: Deployment) -> None:
     for child in sup.children:
         assert isinstance(child, ForkedProcess)
         assert child.pid is None and child.returncode == 1  # never forked, never ran
+    # A forked child would carry the server's command line; the server itself is gone.
+    argv = [str(a) for a in server.args]  # type: ignore[union-attr]
     left = [
         p
-        for p in psutil.Process().children(recursive=True)
-        if "genqueue.worker" in " ".join(p.cmdline())
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if p.info["cmdline"] == argv and p.info["create_time"] >= began - 1
     ]
     assert not left
