@@ -6,9 +6,9 @@ GPUs each child gets its own devices through CUDA_VISIBLE_DEVICES. A child that 
 restarted (with backoff); its task's lease expires and another worker finishes it.
 
 With `WorkerSpec.fork_server` (`genqueue run` and `genqueue worker`, by the
-`fork_server` setting), CPU workers of the hf and dry-run engines are forked from one process that imported everything once (forkserver.py)
-instead of each importing torch and transformers on the same cores; if that process
-cannot serve, children are exec'd as usual.
+`fork_server` setting), CPU workers of the hf and dry-run engines are forked from one
+process that imported everything once (forkserver.py) instead of each importing torch
+and transformers on the same cores; if that process cannot serve, children are exec'd.
 """
 
 from __future__ import annotations
