@@ -109,3 +109,17 @@ def test_the_api_imports_neither_torch_nor_the_worker() -> None:
         "or m == 'genqueue.worker' or m.startswith('genqueue.worker.'))\n"
         "assert not bad, bad[:10]\n"
     )
+
+
+def test_what_genqueue_run_needs_before_its_fork_server_imports_no_database_layer() -> None:
+    """`genqueue run` starts the fork server (torch's import, the run's serial chain)
+    once the CLI, its option checks and the supervisor are imported; SQLAlchemy and the
+    storage layer load afterwards, while the server imports."""
+    _run(
+        "import sys\n"
+        "import genqueue.cli, genqueue.protocol, genqueue.scheduler.targets\n"
+        "import genqueue.worker.supervisor\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'torch')"
+        " or m.startswith('genqueue.storage'))\n"
+        "assert not bad, bad[:10]\n"
+    )

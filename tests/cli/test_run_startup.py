@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +83,3 @@ def test_stop_redis_ends_the_embedded_server(tmp_path: Path) -> None:
     again, _ = start_redis(tmp_path)  # the state dir starts a fresh server
     assert again.pid != pid and again.ping()
     stop_redis(again)
-
-
-def test_what_runs_before_the_fork_server_starts_imports_no_database_layer() -> None:
-    """`genqueue run` starts the fork server (torch's import, the run's serial chain)
-    after the CLI, its option checks and the supervisor are imported; SQLAlchemy and
-    the storage layer load afterwards, while the server imports."""
-    code = (
-        "import sys\n"
-        "import genqueue.cli, genqueue.protocol, genqueue.scheduler.targets\n"
-        "import genqueue.worker.supervisor\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'torch')"
-        " or m.startswith('genqueue.storage'))\n"
-        "assert not bad, bad[:10]\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
