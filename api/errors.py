@@ -190,10 +190,51 @@ class RefuseNul:
         await self.app(scope, receive, send)
 
 
+def _unexpected_response() -> JSONResponse:
+    return _body(
+        500,
+        "server_error",
+        "the server hit an unexpected error; it is logged on the server",
+        kind="server_error",
+    )
+
+
+class AnswerUnexpected:
+    """ASGI middleware: an exception no handler took is logged with its traceback and
+    answered with a generic 500, and the connection stays open. (Starlette's own
+    catch-all answers too, but re-raises, and the server then drops the keep-alive
+    connection: the client's next, unrelated request would fail.) Once a response has
+    started, nothing can be answered: the exception goes on up."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            await _unexpected_response()(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers: genqueue errors, request validation, HTTP errors and a
-    catch-all that logs the traceback and answers a generic 500; and refuse URLs with a
-    NUL character (RefuseNul)."""
+    catch-all that logs the traceback and answers a generic 500 (AnswerUnexpected); and
+    refuse URLs with a NUL character (RefuseNul)."""
+    app.add_middleware(AnswerUnexpected)
     app.add_middleware(RefuseNul)
 
     @app.exception_handler(GenqueueError)
@@ -222,10 +263,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Reached only from outside AnswerUnexpected (another middleware's failure).
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _body(
-            500,
-            "server_error",
-            "the server hit an unexpected error; it is logged on the server",
-            kind="server_error",
-        )
+        return _unexpected_response()

@@ -21,7 +21,7 @@ from genqueue.api.deps import ApiContext, Caller, Ctx, IdempotencyKey, scope
 from genqueue.api.errors import ERROR_RESPONSES, BadRequest
 from genqueue.api.limits import check_room
 from genqueue.api.submissions import offered, webhook_url
-from genqueue.api.uploads import receive
+from genqueue.api.uploads import read_json, receive
 from genqueue.durations import parse_deadline
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler import exports
@@ -167,10 +167,9 @@ async def create_job(request: Request, ctx: Ctx, caller: Caller, key: Idempotenc
             return await run_in_threadpool(_submit, ctx, caller, spec, path, fmt, name, items)
         finally:
             path.unlink(missing_ok=True)
-    try:
-        raw = await request.json()
-    except ValueError:
-        raise BadRequest("the body is not JSON (or send multipart/form-data)") from None
+    raw = await read_json(
+        request, max_bytes=ctx.settings.api_max_upload_bytes, limits=ctx.settings.input_limits()
+    )
     body = _parse_spec(raw)
     if not body.records:
         raise BadRequest("records: give the input records (or upload a file)", param="records")
@@ -228,7 +227,9 @@ def _submit_records(
     check_room(ctx.store, ctx.settings, caller.tenant, items=len(records))
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False).encode() + b"\n")
+            # ASCII escapes: a record's unpaired surrogate reaches the reader, which
+            # refuses it with its line number, as in an uploaded file.
+            f.write(json.dumps(rec).encode() + b"\n")
         f.seek(0)
         done = submit_job(
             ctx.store, ctx.dispatcher, f, spec, fmt=fmt or "jsonl", input_name="<records>"

@@ -80,7 +80,10 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
             "(embeddings and other endpoints are not available)",
             param="endpoint",
         )
-    deadline = openai_status.window(body.completion_window)
+    try:
+        deadline = openai_status.window(body.completion_window)
+    except ValueError as exc:
+        raise BadRequest(f"completion_window: {exc}", param="completion_window") from None
     if deadline is None or deadline.total_seconds() <= 0:
         raise BadRequest(
             f"completion_window {body.completion_window!r}: use 24h, or another duration "

@@ -4,9 +4,9 @@ same name (FileObject, Batch, Model, the cursor pages)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class FileObject(BaseModel):
@@ -122,7 +122,14 @@ class BatchCreate(BaseModel):
     input_file_id: str = Field(max_length=64)
     endpoint: str = Field(max_length=200)
     completion_window: str = Field("24h", max_length=32)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    #: OpenAI's bounds: 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: (
+        dict[
+            Annotated[str, StringConstraints(max_length=64)],
+            Annotated[str, StringConstraints(max_length=512)],
+        ]
+        | None
+    ) = Field(None, max_length=16)
     output_expires_after: dict[str, Any] | None = None
 
 

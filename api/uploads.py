@@ -1,11 +1,13 @@
-"""Receiving a multipart upload as a stream: the file part goes to disk chunk by chunk,
-its bytes and lines counted on the way, and an upload over the limit is refused (413)
-as soon as it is, without ever being held in memory. Other form fields are small text
-values, kept in memory up to a small cap."""
+"""Receiving request bodies. A multipart upload is a stream: the file part goes to disk
+chunk by chunk, its bytes and lines counted on the way, and an upload over the limit is
+refused (413) as soon as it is, without ever being held in memory. Other form fields are
+small text values, kept in memory up to a small cap. A JSON body (`read_json`) is held
+in memory, so it is capped lower, and parsed with the input readers' bounds."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +19,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 from genqueue.api.errors import BadRequest, PayloadTooLarge
+from genqueue.scheduler.readers.checks import load_json
+from genqueue.settings import InputLimits
 
 #: A form field other than the file (purpose, a job spec) is at most this long.
 MAX_FIELD_BYTES = 1 << 20
+#: A JSON body (a job spec with inline records) is at most this long, or the upload
+#: limit when that is lower; larger inputs go as a file.
+MAX_JSON_BYTES = 64 << 20
 #: Room for the multipart framing and small fields on top of the file itself.
 FRAMING_SLACK = 2 << 20
 
@@ -112,6 +119,11 @@ class _Receiver:
         if self._is_file:
             if self.upload.size and self._last != b"\n":
                 self.upload.lines += 1  # a last line without its newline
+                if self.upload.lines > self.max_lines:
+                    raise PayloadTooLarge(
+                        f"the file has more than {self.max_lines} lines, the limit per file "
+                        "(GENQUEUE_API_MAX_FILE_LINES); split it into several files"
+                    )
             self._is_file = False
         elif self._name is not None:
             self.upload.fields[self._name] = self._value.decode(errors="replace")
@@ -146,6 +158,42 @@ async def receive(request: Request, target: Path, *, max_bytes: int, max_lines: 
         if receiver.out is not None:
             receiver.out.close()
     return receiver.upload
+
+
+async def read_json(request: Request, *, max_bytes: int, limits: InputLimits) -> Any:
+    """A JSON request body, read up to min(`max_bytes`, MAX_JSON_BYTES) and parsed with
+    the readers' bounds (nesting depth, finite numbers). Raises PayloadTooLarge past the
+    cap (at once from Content-Length, else as it streams in) and BadRequest for a body
+    that is not JSON."""
+    cap = min(max_bytes, MAX_JSON_BYTES)
+    too_large = PayloadTooLarge(
+        f"the JSON body is over {cap} bytes, the most a JSON request may carry "
+        "(the lower of 64 MiB and GENQUEUE_API_MAX_UPLOAD_BYTES); upload the records as "
+        "a file (multipart: `spec` and `file`) instead"
+    )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > cap:
+            raise too_large
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the body is not UTF-8 (byte {exc.start + 1}); send JSON in UTF-8"
+        ) from None
+    try:
+        return load_json(text, limits)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
+            "(or send multipart/form-data)"
+        ) from None
+    except ValueError as exc:
+        raise BadRequest(f"the body cannot be read: {exc}") from None
 
 
 def _discard(receiver: _Receiver) -> None:

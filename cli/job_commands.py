@@ -159,6 +159,12 @@ def run(
 
         def check() -> None:
             for sup in sups:
+                sup.poll()  # restarts a process that died (its task is leased again)
+                if sup.engine_error is not None:
+                    raise LocalWorkersError(
+                        f"the worker processes cannot load model {sup.spec.options.model}: "
+                        f"{sup.engine_error}"
+                    )
                 if min(sup.restarts) >= 3 and gq.status(job_id)["counts"]["succeeded"] == 0:
                     raise LocalWorkersError(
                         "the worker processes keep exiting before doing any work; the end of "

@@ -7,15 +7,23 @@ import re
 from datetime import UTC, datetime, timedelta
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+#: The longest deadline or completion window: ten years, far inside what dates can hold.
+MAX_DURATION = timedelta(days=3650)
+_MAX_TEXT = f"{MAX_DURATION.days}d"
 
 
 def parse_duration(text: str) -> timedelta | None:
-    """The duration `text` names, or None when it is not one."""
+    """The duration `text` names, or None when it is not one. Raises ValueError for one
+    longer than MAX_DURATION."""
     m = _DURATION.fullmatch(text)
     if not m:
         return None
-    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    seconds = float(m.group(1)) * _SECONDS[m.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{text.strip()!r} is longer than the longest allowed, {_MAX_TEXT}")
+    return timedelta(seconds=seconds)
 
 
 def parse_deadline(text: str | None) -> datetime | timedelta | None:
@@ -32,4 +40,7 @@ def parse_deadline(text: str | None) -> datetime | timedelta | None:
         raise ValueError(
             f"{text!r} is neither a duration (30m, 24h, 2d) nor an ISO time (2026-12-01T08:00:00Z)"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when - datetime.now(UTC) > MAX_DURATION:
+        raise ValueError(f"{text!r} is further ahead than the longest allowed, {_MAX_TEXT}")
+    return when

@@ -8,6 +8,7 @@ input is clean; a rejected input leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,11 +27,15 @@ from genqueue.scheduler.modelcheck import check_model
 from genqueue.scheduler.openai_format import ENDPOINTS
 from genqueue.scheduler.planning import Sizing
 from genqueue.scheduler.promptfit import PromptFit
+from genqueue.scheduler.readers.checks import value_problem
 from genqueue.settings import InputLimits
 from genqueue.storage import batches, dispatch, lifecycle, loading
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.models import DEFAULT_TENANT, Batch, Job
 from genqueue.storage.status import view_job
+
+#: A job's metadata, as JSON, is at most this long (it is stored and shown with the job).
+MAX_METADATA_BYTES = 64 << 10
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +136,29 @@ def _check(spec: JobSpec) -> None:
         raise SpecError(f"priority: {spec.priority} is out of range (0..9, 9 most urgent)")
     if spec.chat_template is not None and not spec.chat_template.strip():
         raise SpecError("chat_template is empty; give a Jinja chat template")
+    if spec.metadata:
+        _check_metadata(spec.metadata, spec.limits)
     if spec.endpoint is not None and spec.endpoint not in ENDPOINTS:
         raise SpecError(
             f"endpoint: {spec.endpoint!r} is not served; use {' or '.join(ENDPOINTS)} "
             "(embeddings and other endpoints are not available)"
+        )
+
+
+def _check_metadata(metadata: dict[str, Any], limits: InputLimits) -> None:
+    """Metadata is stored as JSON with the job: text only (no NUL, no lone surrogate),
+    nested at most as deep as a record, and at most MAX_METADATA_BYTES."""
+    problem = value_problem(metadata, "metadata", limits)
+    if problem is not None:
+        raise SpecError(problem)
+    try:
+        size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"metadata: {exc}; give a JSON object") from None
+    if size > MAX_METADATA_BYTES:
+        raise SpecError(
+            f"metadata: {size:,} bytes as JSON; at most {MAX_METADATA_BYTES:,} are allowed "
+            "(keep large data in the records)"
         )
 
 

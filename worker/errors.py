@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from genqueue.errors import GenqueueError
 
+#: A worker process's exit status when its model cannot be loaded (an EngineError): a
+#: condition to fix, not a crash, so `genqueue run` stops at once and says why.
+EXIT_ENGINE_ERROR = 3
+
 
 class WorkerError(GenqueueError):
     """Raised when a worker cannot do its job (the root of the worker's errors)."""

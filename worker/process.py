@@ -36,6 +36,7 @@ from genqueue.settings import Settings
 from genqueue.storage.db import open_store
 from genqueue.storage.errors import SchemaMismatch
 from genqueue.storage.migrate import check_schema
+from genqueue.worker.errors import EXIT_ENGINE_ERROR, EngineError
 from genqueue.worker.heartbeat import Presence
 from genqueue.worker.pipeline import ModelThread, Pipeline
 from genqueue.worker.runner import WorkerContext, run_task
@@ -83,10 +84,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"genqueue worker: {exc}") from None
     # With prefetch, one model thread loads the engine and makes every generate call.
     model_thread = ModelThread() if settings.prefetch else None
-    if model_thread is not None:
-        engine = model_thread.call(lambda: load_engine(options))
-    else:
-        engine = load_engine(options)
+    try:
+        if model_thread is not None:
+            engine = model_thread.call(lambda: load_engine(options))
+        else:
+            engine = load_engine(options)
+    except EngineError as exc:
+        log.error("genqueue worker: %s", exc)
+        store.dispose()
+        raise SystemExit(EXIT_ENGINE_ERROR) from None
     name = args.name or f"gq-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings.broker_url, name="genqueue-worker", task_events=settings.task_events)
     queue = queue_for(model_ref, options.revision)

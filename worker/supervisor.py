@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from genqueue.worker.engines import engine_module
+from genqueue.worker.errors import EXIT_ENGINE_ERROR
 from genqueue.worker.forkserver import ForkedProcess, ForkServer, die_with_parent
 from genqueue.workeropts import WorkerOptions
 
@@ -97,6 +98,9 @@ class Supervisor:
         self.started = [0.0] * spec.processes
         self.next_start = [0.0] * spec.processes
         self.stopping = False
+        #: Why a process could not load its model (it exited with EXIT_ENGINE_ERROR), the
+        #: last time one did; None while none has.
+        self.engine_error: str | None = None
         cores = os.cpu_count() or 1
         self.threads = opts.threads or max(1, cores // max(1, spec.processes))
 
@@ -153,6 +157,16 @@ class Supervisor:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def logged_engine_error(self, slot: int) -> str:
+        """The message a process logged when its model could not be loaded (see
+        worker/process.py), from its log; a pointer to the log when it is not there."""
+        tail = self.log_tail(slot, lines=60)
+        marker = " genqueue worker: "
+        at = tail.rfind(marker)
+        if at < 0:
+            return f"see {self.log_path(slot)}"
+        return tail[at + len(marker) :].strip()
 
     def _forking(self) -> bool:
         s = self.spec
@@ -213,10 +227,15 @@ class Supervisor:
                     self.restarts[slot] = 0
                 self.restarts[slot] += 1
                 delay = min(30.0, 0.5 * 2 ** min(self.restarts[slot], 6))
+                why = ""
+                if child.returncode == EXIT_ENGINE_ERROR:
+                    self.engine_error = self.logged_engine_error(slot)
+                    why = f" (it could not load its model: {self.engine_error})"
                 log.warning(
-                    "worker process %d exited with %s; restarting in %.1fs",
+                    "worker process %d exited with %s%s; restarting in %.1fs",
                     child.pid,
                     child.returncode,
+                    why,
                     delay,
                 )
                 self.next_start[slot] = now + delay

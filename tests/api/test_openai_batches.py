@@ -193,6 +193,15 @@ def test_refused_requests_are_clear_400s(api_server: ApiServer) -> None:
             input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="soon"
         )
     assert "completion_window" in err.value.message
+    before = len(client.batches.list(limit=100).data)
+    for window in ("99999999d", "3651d"):  # past what a date can hold, past the maximum
+        with pytest.raises(openai.BadRequestError) as err:
+            client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window=window
+            )
+        assert err.value.param == "completion_window"
+        assert "longest allowed, 3650d" in err.value.message
+    assert len(client.batches.list(limit=100).data) == before  # no batch was made
     with pytest.raises(openai.BadRequestError):
         client.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
 

@@ -75,3 +75,44 @@ def test_a_file_over_the_line_limit_is_refused(api_server: ApiServer) -> None:
     assert "GENQUEUE_API_MAX_FILE_LINES" in err.value.message
     ok = client.files.create(file=("many.jsonl", b"{}\n" * LINES_LIMIT), purpose="batch")
     assert ok.bytes == 3 * LINES_LIMIT
+    # A last line without its newline is a line too.
+    with pytest.raises(openai.APIStatusError) as err:
+        client.files.create(file=("many.jsonl", b"{}\n" * LINES_LIMIT + b"{}"), purpose="batch")
+    assert err.value.status_code == 413
+
+
+def test_a_json_body_is_capped_and_read_with_the_input_bounds(api_server: ApiServer) -> None:
+    records = [{"prompt": "p" * 1000} for _ in range(UPLOAD_LIMIT // 1000 + 10)]
+    with api_server.http("bob") as http:
+        # Over the cap (the upload limit here): refused as it streams in, nothing stored.
+        r = http.post("/v1/jobs", json={"model": "gpt2", "records": records})
+        assert r.status_code == 413, r.text[:500]
+        assert "upload the records as a file" in r.json()["error"]["message"]
+        # Nested past the limit: a 400 that says so (the server stays up).
+        deep = '{"a": ' * 5000 + "{}" + "}" * 5000
+        text = '{"model": "gpt2", "records": [{"prompt": "x"}], "metadata": ' + deep
+        r = http.post("/v1/jobs", content=text + "}", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "GENQUEUE_MAX_NESTING_DEPTH" in r.text, r.text[:500]
+        # Metadata within JSON's depth but past a record's: refused on the field.
+        meta: dict[str, object] = {"leaf": 1}
+        for _ in range(100):
+            meta = {"a": meta}
+        r = http.post(
+            "/v1/jobs", json={"model": "gpt2", "records": [{"prompt": "x"}], "metadata": meta}
+        )
+        assert r.status_code == 400 and "'metadata'" in r.json()["error"]["message"], r.text
+        r = http.post(
+            "/v1/jobs",
+            json={"model": "gpt2", "records": [{"prompt": "x"}], "metadata": {"k": "v" * 70000}},
+        )
+        assert r.status_code == 400 and "metadata" in r.json()["error"]["message"], r.text
+        # An unpaired surrogate in a record: the line-numbered problem an upload gets.
+        r = http.post(
+            "/v1/jobs",
+            content=b'{"model": "gpt2", "records": [{"prompt": "ok"}, {"prompt": "a\\ud800b"}]}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400, r.text
+        problems = r.json()["error"]["details"]["problems"]
+        assert [p["line"] for p in problems] == [2] and "surrogate" in problems[0]["message"]
+        assert http.get("/v1/jobs?limit=1").status_code == 200

@@ -103,6 +103,77 @@ def test_run_reads_stdin_csv_and_explains_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_run_with_a_model_that_cannot_load_says_why_at_once(
+    tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    """Weights that pass the up-front checks but cannot be read: the worker exits with
+    its reason, and the run stops with it instead of restarting the worker forever."""
+    bad = tmp_path / "damaged"
+    bad.mkdir()
+    for f in tiny_gpt2_dir.glob("*.json"):
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hello"}, {"prompt": "world"}])
+    t0 = time.monotonic()
+    proc = gq(
+        "run", str(src), "--model", str(bad), "--workers", "1", "--max-new-tokens", "4",
+        "--state-dir", str(tmp_path / "state"), "-o", str(tmp_path / "o.jsonl"),
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot load model {bad}" in proc.stderr and "damaged" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 60
+
+
+def test_run_restarts_a_worker_process_that_dies(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    """A local worker killed mid-run is started again; its task is leased again and the
+    job ends with every item done once."""
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"custom_id": f"k{i}", "prompt": f"item {i}"} for i in range(240)]
+    )
+    args = [*GQ, "run", str(src), "--model", str(tiny_gpt2_dir), "--workers", "1"]
+    args += ["--max-new-tokens", "24", "--chunk-size", "20", "--json"]
+    args += ["--state-dir", str(tmp_path / "state"), "-o", str(tmp_path / "o.jsonl")]
+    env = {**os.environ, "GENQUEUE_LEASE_SECONDS": "6"}
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        db = tmp_path / "state" / "genqueue.db"
+        deadline = time.monotonic() + 120
+        killed = None
+        while killed is None:
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.3)
+            workers = [
+                p
+                for p in psutil.Process(run.pid).children(recursive=True)
+                if "genqueue.worker.forkserver" in " ".join(p.cmdline())
+                and p.parent().pid != run.pid  # a forked worker, not the server itself
+            ]
+            if workers and db.exists() and _results(db) > 0:
+                workers[0].kill()
+                killed = workers[0].pid
+        out, err = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err.decode()[-3000:]
+    assert json.loads(out)["counts"]["succeeded"] == 240
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert sorted(ln["custom_id"] for ln in lines) == sorted(f"k{i}" for i in range(240))
+    assert f"worker process {killed} exited" in err.decode()
+
+
+def _results(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        try:
+            return int(con.execute("select count(*) from results").fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
 @pytest.fixture
 def services(pg_url: str, redis_url: str, tiny_gpt2_dir: Path) -> dict[str, str]:
     return {

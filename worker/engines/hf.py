@@ -71,7 +71,7 @@ class HFEngine(PromptMethods):
                 model_ref, config=config, dtype=torch_dtype, use_safetensors=True, **common
             )
             self.tokenizer = AutoTokenizer.from_pretrained(model_ref, **common)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # damaged weights, unknown architectures: all the user's to fix
             raise _load_error(model_ref, exc, trust) from exc
         self.config = config
         self.is_encoder_decoder = bool(config.is_encoder_decoder)
@@ -554,6 +554,11 @@ def _load_error(model_ref: str, exc: Exception, trust_remote_code: bool) -> Engi
         return EngineError(
             f"model {model_ref} needs custom code from its repository; genqueue does not run "
             "it unless you trust it (pass trust_remote_code=True / --trust-remote-code)"
+        )
+    if type(exc).__name__ == "SafetensorError":
+        return EngineError(
+            f"the safetensors weights of {model_ref} cannot be read ({msg}): the file is "
+            "damaged or incomplete; save or download the model again"
         )
     if "safetensors" in msg.lower():
         return EngineError(
