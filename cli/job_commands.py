@@ -174,9 +174,12 @@ def run(
         try:
             final = follow(lambda: gq.status(job_id), err, check=check, poll=0.2)
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted: cancelling the job and writing partial results[/]")
+            err.print(
+                "[yellow]interrupted: cancelling the job; the micro-batches running finish "
+                "and the results are written (Ctrl-C again to write them now)[/]"
+            )
             gq.cancel(job_id)
-            final = gq.status(job_id)
+            final = _settle_cancel(gq, job_id)
         # Nothing is left to do: the workers shut down while the results are exported.
         for sup in stack.supervisors:
             sup.signal_stop()
@@ -196,6 +199,28 @@ def run(
         stack.close()
     if final["state"] not in ("completed", "completed_with_errors"):
         raise typer.Exit(1)
+
+
+#: How long an interrupted `genqueue run` waits for its running micro-batches.
+CANCEL_SETTLE_SECONDS = 120.0
+
+
+def _settle_cancel(gq: Any, job_id: str) -> dict[str, Any]:
+    """The status of a job just cancelled, once it has ended: the running micro-batches
+    finish (their results are kept), the rest become `cancelled`. A second Ctrl-C, or
+    CANCEL_SETTLE_SECONDS, stops the wait; the lines not ended then show `pending`."""
+    from genqueue.storage.models import FINAL_JOB_STATES
+
+    deadline = time.monotonic() + CANCEL_SETTLE_SECONDS
+    st = gq.status(job_id)
+    try:
+        while st["state"] not in FINAL_JOB_STATES and time.monotonic() < deadline:
+            time.sleep(0.1)
+            st = gq.status(job_id)
+    except KeyboardInterrupt:
+        err.print("[yellow]not waiting: items still running are written as pending[/]")
+        st = gq.status(job_id)
+    return st
 
 
 @app.command()

@@ -87,7 +87,8 @@ class ResultLine(BaseModel):
     #: The output parsed as JSON (json_schema / json_object, complete outputs only).
     parsed: Any = None
     #: Present (and true) only when a constrained output was cut by max_new_tokens
-    #: before its grammar was complete: it does not satisfy the constraint.
+    #: before its grammar was complete: it does not satisfy the constraint. With several
+    #: outputs, `parsed` and `incomplete` describe the first, as `output` does.
     incomplete: bool = False
     #: The first output's token log-probabilities (with `logprobs`).
     logprobs: Logprobs | None = None
@@ -159,7 +160,9 @@ class ResultLine(BaseModel):
                 "raw_output": raw_outputs[0] if raw_outputs else raw_output,
                 "raw_outputs": raw_outputs,
                 "parsed": parsed,
-                "incomplete": bool(incomplete),
+                # Both describe the first output; rows stored before that was so could
+                # mark a later output's incompleteness beside the first one's value.
+                "incomplete": bool(incomplete) and parsed is None,
                 "logprobs": logprobs[0] if logprobs else None,
                 "choice_scores": choice_scores,
                 "reused_from": reused_from,

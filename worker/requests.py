@@ -52,9 +52,10 @@ def to_new_result(
     raw = list(r.outputs)
     steps = params.postprocess if params is not None else ()
     shown = [postprocess.apply(steps, o) for o in raw] if steps else raw
-    incomplete = any(r.incomplete)
+    # Like `output`, `finish_reason` and `logprobs`, these describe the first output.
+    incomplete = bool(r.incomplete and r.incomplete[0])
     parsed = None
-    if params is not None and params.wants_json and raw and not (r.incomplete or [False])[0]:
+    if params is not None and params.wants_json and raw and not incomplete:
         try:
             parsed = json.loads(raw[0])
         except ValueError:  # cannot happen for a complete constrained output

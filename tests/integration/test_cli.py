@@ -164,6 +164,41 @@ def test_run_restarts_a_worker_process_that_dies(tmp_path: Path, tiny_gpt2_dir: 
     assert f"worker process {killed} exited" in err.decode()
 
 
+def test_an_interrupted_run_writes_what_the_database_holds(
+    tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    """Ctrl-C: the job is cancelled, the running micro-batches finish, and the results
+    file agrees with the database: every line succeeded or cancelled, none pending."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"item {i}"} for i in range(200)])
+    state = tmp_path / "state"
+    args = [*GQ, "run", str(src), "--model", str(tiny_gpt2_dir), "--workers", "1"]
+    args += ["--max-new-tokens", "24", "--chunk-size", "20", "--state-dir", str(state)]
+    args += ["-o", str(tmp_path / "o.jsonl")]
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((state / "genqueue.db").exists() and _results(state / "genqueue.db") > 0):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, err.decode()[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(lines) == 200
+    statuses = [ln["status"] for ln in lines]
+    assert set(statuses) <= {"succeeded", "cancelled"}, set(statuses)
+    assert 0 < statuses.count("succeeded") < 200
+    job_id = err.decode().split(":", 1)[0].strip().splitlines()[-1]
+    db = {"GENQUEUE_DATABASE_URL": f"sqlite:///{state / 'genqueue.db'}"}
+    st = json.loads(gq("status", job_id, "--json", env=db).stdout)
+    assert st["state"] == "cancelled"
+    assert st["counts"]["succeeded"] == statuses.count("succeeded")
+    assert st["counts"]["cancelled"] == statuses.count("cancelled")
+
+
 def _results(db: Path) -> int:
     import sqlite3
 

@@ -118,6 +118,27 @@ def pick_stop(text: str) -> str:
     return next(text[j : j + 3] for j in range(1, len(text) - 3) if text.find(text[j : j + 3]) > 0)
 
 
+@pytest.mark.parametrize("engine", ["gpt2", "t5"])
+def test_beam_search_with_stop_strings(engine: str, request: pytest.FixtureRequest) -> None:
+    """Beam search asks the stopping criteria about 2 x num_beams fresh candidates per
+    item each step: stop strings and per-item limits still apply to every item of a
+    micro-batch, and no output keeps its stop string."""
+    eng: HFEngine = request.getfixturevalue(engine)
+    base = GenerationParams(max_new_tokens=12, num_beams=3, num_return_sequences=2)
+    full = eng.generate(reqs(PROMPTS[:3], base))
+    stop = pick_stop(full[1].outputs[0])
+    params = base.model_copy(update={"stop": (stop,)})
+    res = eng.generate(reqs(PROMPTS[:3], params))
+    assert all(r.error is None and len(r.outputs) == 2 for r in res)
+    for r in res:
+        assert all(stop not in out for out in r.outputs), (stop, r.outputs)
+    # Items of one call with different output limits: each ends at its own.
+    short = [GenRequest(key=i, prompt=p, params=base.model_copy(update={"max_new_tokens": 4 + 4 * i}))
+             for i, p in enumerate(PROMPTS[:3])]  # fmt: skip
+    for r in eng.generate(short):
+        assert r.completion_tokens <= 2 * (4 + 4 * r.key)
+
+
 def test_seq2seq_stop_string(t5: HFEngine) -> None:
     full = t5.generate(reqs([PROMPTS[1]], GenerationParams(max_new_tokens=16)))[0].outputs[0]
     stop = pick_stop(full)

@@ -126,6 +126,39 @@ def test_an_output_cut_before_its_grammar_completes_is_flagged(gpt2: HFEngine) -
     assert row.incomplete is True and row.parsed is None and row.finish_reason == "length"
 
 
+def test_several_outputs_describe_the_first_and_always_export() -> None:
+    """`parsed` and `incomplete` describe the first output, as `output` does: a later
+    output cut short does not make the line contradict itself (or fail to export)."""
+    from genqueue.resultline import ResultLine
+
+    params = GenerationParams(
+        max_new_tokens=8, json_object=True, do_sample=True, seed=1, num_return_sequences=2
+    )
+    res = GenResult(
+        key=0,
+        outputs=['{"a": 1}', '{"a'],
+        finish_reasons=["stop", "length"],
+        prompt_tokens=3,
+        completion_tokens=9,
+        incomplete=[False, True],
+    )
+    row = to_new_result(res, 0.0, params)
+    assert row.parsed == {"a": 1} and not row.incomplete
+    cut_first = to_new_result(
+        GenResult(**{**res.__dict__, "outputs": ['{"a', '{"a": 1}'], "incomplete": [True, False]}),
+        0.0,
+        params,
+    )
+    assert cut_first.parsed is None and cut_first.incomplete
+    # A row stored with a later output's flag beside the first one's value still reads.
+    line = ResultLine.from_stored(
+        index=0, custom_id="x", status="succeeded", output=None, outputs=res.outputs,
+        finish_reason="stop", prompt_tokens=3, completion_tokens=9, error_code=None,
+        error_message=None, truncated=False, parsed={"a": 1}, incomplete=True,
+    )  # fmt: skip
+    assert line.parsed == {"a": 1} and line.incomplete is False
+
+
 def _direct_logprobs(engine: HFEngine, prompt_ids: list[int], new_ids: list[int]) -> torch.Tensor:
     ids = torch.tensor([prompt_ids + new_ids])
     with torch.inference_mode():

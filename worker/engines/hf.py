@@ -243,15 +243,15 @@ class HFEngine(PromptMethods):
         kwargs = self._generate_kwargs(params, seeds)
         start = 1 if self.is_encoder_decoder else input_len  # after decoder_start / prompt
         if any(stops) or min(limits) != max(limits):
-            rows = params.num_beams if params.num_beams > 1 else k  # rows per item
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [
                     _RowLimits(
                         self.tokenizer,
-                        [s for s in stops for _ in range(rows)],
-                        [m for m in limits for _ in range(rows)],
+                        stops,
+                        limits,
                         start,
                         params.min_new_tokens,
+                        beams=params.num_beams > 1,
                     )
                 ]
             )
@@ -483,9 +483,14 @@ def prefork(options: WorkerOptions) -> None:
 
 
 class _RowLimits(StoppingCriteria):
-    """Ends each row at its own output limit, or once the text it generated (after
-    `min_new` tokens) contains one of its stop strings. Only generated text is searched,
-    never the prompt, and a finished row is not decoded again."""
+    """Ends each row at its item's output limit, or once the text it generated (after
+    `min_new` tokens) contains one of its item's stop strings. Only generated text is
+    searched, never the prompt.
+
+    Rows r*n .. r*n + n-1 are item r's. Greedy and sampled rows keep their place from
+    step to step, so a finished row is remembered and not decoded again. Beam search
+    (`beams`) asks about a fresh set of candidate rows each step (2 x num_beams per item
+    in transformers 5), so each is judged on its own tokens."""
 
     def __init__(
         self,
@@ -494,36 +499,47 @@ class _RowLimits(StoppingCriteria):
         limits: Sequence[int],
         start: int,
         min_new: int,
+        *,
+        beams: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
-        self.stops = [tuple(s) for s in stops]
+        self.stops = [tuple(s) for s in stops]  # per item
         self.limits = list(limits)
         self.start = start
         self.min_new = min_new
+        self.beams = beams
         # Every token decodes to at least one byte; a few extra cover multi-byte chars.
         self.tail = [max((len(x.encode()) for x in s), default=0) + 4 for s in self.stops]
-        self.done = [False] * len(self.stops)
+        self.done: list[bool] | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any) -> Any:
+        rows = input_ids.shape[0]
+        per_item = max(1, rows // len(self.stops))
+        if self.done is None or self.beams or len(self.done) != rows:
+            self.done = [False] * rows
+        done = self.done
         produced = input_ids.shape[1] - self.start
         check = []
-        for row, stops in enumerate(self.stops):
-            if self.done[row]:
+        for row in range(rows):
+            if done[row]:
                 continue
-            if produced >= self.limits[row]:
-                self.done[row] = True
-            elif stops and produced > self.min_new:
-                check.append(row)
+            item = min(row // per_item, len(self.stops) - 1)
+            if produced >= self.limits[item]:
+                done[row] = True
+            elif self.stops[item] and produced > self.min_new:
+                check.append((row, item))
         if check:
-            begin = [
-                max(self.start + self.min_new, input_ids.shape[1] - self.tail[r]) for r in check
+            ids = [
+                input_ids[
+                    row, max(self.start + self.min_new, input_ids.shape[1] - self.tail[item]) :
+                ].tolist()
+                for row, item in check
             ]
-            ids = [input_ids[r, b:].tolist() for r, b in zip(check, begin, strict=True)]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-            for row, text in zip(check, texts, strict=True):
-                if any(s in text for s in self.stops[row]):
-                    self.done[row] = True
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+            for (row, item), text in zip(check, texts, strict=True):
+                if any(s in text for s in self.stops[item]):
+                    done[row] = True
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @contextlib.contextmanager
