@@ -133,8 +133,10 @@ def test_beam_search_with_stop_strings(engine: str, request: pytest.FixtureReque
     for r in res:
         assert all(stop not in out for out in r.outputs), (stop, r.outputs)
     # Items of one call with different output limits: each ends at its own.
-    short = [GenRequest(key=i, prompt=p, params=base.model_copy(update={"max_new_tokens": 4 + 4 * i}))
-             for i, p in enumerate(PROMPTS[:3])]  # fmt: skip
+    short = [
+        GenRequest(key=i, prompt=p, params=base.model_copy(update={"max_new_tokens": 4 + 4 * i}))
+        for i, p in enumerate(PROMPTS[:3])
+    ]
     for r in eng.generate(short):
         assert r.completion_tokens <= 2 * (4 + 4 * r.key)
 
