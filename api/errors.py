@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from genqueue.errors import GenqueueError
-from genqueue.scheduler.errors import InputError, SchedulerError
+from genqueue.scheduler.errors import IdempotencyConflict, InputError, SchedulerError
 from genqueue.storage.errors import (
     ApiKeyNotFound,
     BatchNotFound,
@@ -99,6 +99,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (400, "Invalid request"),
         (401, "Missing, unknown or revoked API key"),
         (404, "No such id for this tenant"),
+        (409, "An Idempotency-Key reused for another request"),
         (413, "Upload over the limit"),
         (429, "A tenant limit is reached"),
     )
@@ -144,6 +145,8 @@ def error_response(exc: GenqueueError) -> JSONResponse:
         return _body(400, "invalid_input", str(exc), details=details)
     if isinstance(exc, WebhookUrlError):
         return _body(400, "invalid_request", str(exc), param=exc.field)
+    if isinstance(exc, IdempotencyConflict):
+        return _body(409, "idempotency_conflict", str(exc), param="Idempotency-Key")
     if isinstance(exc, JobStateError):
         return _body(400, "invalid_state", str(exc))
     if isinstance(exc, SchedulerError):

@@ -17,6 +17,7 @@ from genqueue.api.limits import check_room
 from genqueue.api.schemas import BatchCreate, BatchList, BatchObject
 from genqueue.api.submissions import cancel_jobs, submit_batch_file, webhook_url
 from genqueue.scheduler.openai_format import ENDPOINTS
+from genqueue.scheduler.submit import check_repeat, request_digest
 from genqueue.storage import batches, files, loading
 from genqueue.storage.errors import BatchNotFound
 from genqueue.storage.models import Batch
@@ -96,9 +97,18 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
             f"file {source.id} has purpose {source.purpose!r}; upload the input with purpose batch",
             param="input_file_id",
         )
+    digest = request_digest(
+        {
+            "input_file_id": body.input_file_id,
+            "endpoint": body.endpoint,
+            "completion_window": body.completion_window,
+            "metadata": body.metadata,
+        }
+    )
     if key:
         existing = batches.find_by_key(ctx.store, key)
         if existing is not None:
+            check_repeat(key, "batch", existing.id, existing.options, digest)
             return render(ctx, existing)
     check_room(ctx.store, ctx.settings, caller.tenant, items=source.lines)
     hook = webhook_url(
@@ -111,7 +121,7 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
         ctx.store,
         input_name=source.filename,
         meta=dict(body.metadata or {}),
-        options={"format": "openai"},
+        options={"format": "openai", "request_digest": digest},
         idempotency_key=key,
         tenant=caller.tenant,
         endpoint=body.endpoint,

@@ -11,7 +11,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from genqueue.cli.app import BrokerOpt, DbOpt, JsonOpt, app, err, out, settings
+from genqueue.cli.app import (
+    BrokerOpt,
+    DbOpt,
+    JsonOpt,
+    StateOpt,
+    app,
+    database_url_for,
+    err,
+    out,
+    settings,
+)
 from genqueue.cli.errors import CliError, OptionError
 from genqueue.settings import Settings
 
@@ -26,12 +36,12 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 
 
-def _store(database_url: str | None) -> Any:
-    """The database the server uses: GENQUEUE_DATABASE_URL, else the embedded one."""
-    from genqueue.cli.embedded import default_database_url
+def _store(database_url: str | None, state_dir: Path | None = None) -> Any:
+    """The database the server uses: --state-dir's (as `serve --state-dir`), else
+    GENQUEUE_DATABASE_URL, else the embedded one."""
     from genqueue.storage.db import open_store
 
-    return open_store(database_url or default_database_url())
+    return open_store(database_url_for(database_url, state_dir))
 
 
 def check_exposure(store: Any, host: str) -> None:
@@ -141,12 +151,13 @@ def keys_create(
     admin: Annotated[bool, typer.Option(help="The key sees every tenant")] = False,
     name: Annotated[str | None, typer.Option(help="A label for the key")] = None,
     database_url: DbOpt = None,
+    state_dir: StateOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
     from genqueue.storage.tenants import create_key
 
-    row, secret = create_key(_store(database_url), tenant, admin=admin, name=name)
+    row, secret = create_key(_store(database_url, state_dir), tenant, admin=admin, name=name)
     if json_out:
         out.print_json(data={"id": row.id, "tenant": row.tenant, "admin": admin, "key": secret})
         return
@@ -155,11 +166,13 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+def keys_list(
+    database_url: DbOpt = None, state_dir: StateOpt = None, json_out: JsonOpt = False
+) -> None:
     """List API keys (their ids, never the keys)."""
     from genqueue.storage.tenants import list_keys
 
-    rows = list_keys(_store(database_url))
+    rows = list_keys(_store(database_url, state_dir))
     data = [
         {
             "id": r.id,
@@ -188,11 +201,11 @@ def keys_list(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, database_url: DbOpt = None) -> None:
+def keys_revoke(key_id: str, database_url: DbOpt = None, state_dir: StateOpt = None) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
     from genqueue.storage.tenants import revoke_key
 
-    changed = revoke_key(_store(database_url), key_id)
+    changed = revoke_key(_store(database_url, state_dir), key_id)
     err.print(f"key {key_id} " + ("revoked" if changed else "was revoked already"))
 
 
@@ -203,23 +216,28 @@ def models_add(
     revision: Annotated[str | None, typer.Option(help="Model revision")] = None,
     engine: Annotated[str | None, typer.Option(help="Engine `serve` starts it with")] = None,
     database_url: DbOpt = None,
+    state_dir: StateOpt = None,
 ) -> None:
     """Offer a model under a public name (replaces what the name meant before)."""
     from genqueue.storage import catalog
 
     if not name.strip() or len(name) > 200:
         raise OptionError("NAME: give 1-200 characters")
-    catalog.offer_model(_store(database_url), name, model, revision=revision, engine=engine)
+    catalog.offer_model(
+        _store(database_url, state_dir), name, model, revision=revision, engine=engine
+    )
     err.print(f"offering {name} = {model}" + (f"@{revision}" if revision else ""))
 
 
 @models_app.command("list")
-def models_list(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+def models_list(
+    database_url: DbOpt = None, state_dir: StateOpt = None, json_out: JsonOpt = False
+) -> None:
     """List the offered models and their live workers."""
     from genqueue.protocol import queue_for, resolve_model_ref
     from genqueue.storage import catalog, workers
 
-    store = _store(database_url)
+    store = _store(database_url, state_dir)
     live = workers.live_by_queue(store, within_seconds=Settings().lease_seconds)
     data = [
         {
@@ -243,9 +261,9 @@ def models_list(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @models_app.command("remove")
-def models_remove(name: str, database_url: DbOpt = None) -> None:
+def models_remove(name: str, database_url: DbOpt = None, state_dir: StateOpt = None) -> None:
     """Stop offering a model (jobs already submitted go on)."""
     from genqueue.storage import catalog
 
-    catalog.withdraw_model(_store(database_url), name)
+    catalog.withdraw_model(_store(database_url, state_dir), name)
     err.print(f"{name} is no longer offered")

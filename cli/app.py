@@ -41,6 +41,54 @@ BrokerOpt = Annotated[
     str | None, typer.Option("--broker-url", envvar="GENQUEUE_BROKER_URL", help="Redis broker URL")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Use the database in this state dir (that of `genqueue run --state-dir` or "
+        "`genqueue serve --state-dir`) instead of --database-url",
+    ),
+]
+
+
+def database_url_for(
+    database_url: str | None, state_dir: Path | None, *, must_exist: bool = False
+) -> str | None:
+    """The database a command works on: --state-dir's, else --database-url (or
+    GENQUEUE_DATABASE_URL), else the embedded one in GENQUEUE_HOME (where `genqueue run`
+    and `serve` keep theirs), or None when there is none. `must_exist`: a command that
+    only reads or changes jobs refuses a SQLite file that is not there, instead of
+    creating an empty database at a mistyped path."""
+    from genqueue.cli.embedded import default_database_url, default_state_dir
+    from genqueue.cli.errors import OptionError
+
+    if state_dir is not None:
+        if must_exist and not (state_dir / "genqueue.db").is_file():
+            raise OptionError(
+                f"--state-dir: {state_dir} holds no genqueue database (genqueue.db); give "
+                "the --state-dir of a `genqueue run` or `genqueue serve`"
+            )
+        return default_database_url(state_dir)
+    if database_url:
+        path = _sqlite_file(database_url)
+        if must_exist and path is not None and not path.is_file():
+            raise OptionError(
+                f"no database at {path} (--database-url {database_url}); check the path"
+            )
+        return database_url
+    if not must_exist or (default_state_dir() / "genqueue.db").is_file():
+        return default_database_url()
+    return None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database, or SQLite in memory)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    return Path(name) if name and name != ":memory:" and not name.startswith("file:") else None
 
 
 def settings(database_url: str | None = None, broker_url: str | None = None) -> Settings:
@@ -54,10 +102,20 @@ def settings(database_url: str | None = None, broker_url: str | None = None) -> 
     )
 
 
-def client(database_url: str | None, broker_url: str | None, *, dispatch: bool = True) -> Client:
+def client(
+    database_url: str | None,
+    broker_url: str | None,
+    *,
+    dispatch: bool = True,
+    state_dir: Path | None = None,
+    existing: bool = True,
+) -> Client:
+    """A client on the database `database_url_for` picks (`existing`: one that is there
+    already; else the URL as given, for `submit`, whose deployment may be new)."""
     from genqueue.client import Client
 
-    return Client(settings=settings(database_url, broker_url), dispatch=dispatch)
+    url = database_url_for(database_url, state_dir, must_exist=True) if existing else database_url
+    return Client(settings=settings(url, broker_url), dispatch=dispatch)
 
 
 def summary(st: dict[str, Any], elapsed: float | None = None) -> str:
@@ -98,6 +156,12 @@ def default_output(input_path: str) -> str:
 DEBUG_FLAG = "--debug"
 
 
+def _database_unreachable(exc: BaseException) -> bool:
+    """A connection to the SQL store failed (refused, unknown database, bad password)."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.OperationalError | errors.InterfaceError)
+
+
 def main() -> None:
     """Run the CLI. genqueue's own errors (bad input, a bad option) print one line and
     exit 2; anything unexpected prints one line too, and exits 1 (the traceback with
@@ -119,6 +183,14 @@ def main() -> None:
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        if _database_unreachable(exc):
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:500]
+            err.print(
+                f"[red]error:[/] cannot use the database: {escape(reason)}; check "
+                "--database-url / GENQUEUE_DATABASE_URL and that the server is up",
+                highlight=False,
+            )
+            sys.exit(1)
         detail = str(exc).splitlines()[0][:500] if str(exc) else ""
         err.print(
             f"[red]error:[/] unexpected {type(exc).__name__}"

@@ -17,6 +17,7 @@ from genqueue.cli.app import (
     BrokerOpt,
     DbOpt,
     JsonOpt,
+    StateOpt,
     app,
     client,
     default_output,
@@ -52,7 +53,8 @@ def run(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Local worker processes (0 = one per GPU, or per 1-2 CPU cores)")
+        int,
+        typer.Option(help="Local worker processes (0 = one per GPU, or per 1-2 CPU cores)", min=0),
     ] = 0,
     state_dir: Annotated[
         Path | None, typer.Option(help="Where the embedded database and Redis live")
@@ -74,7 +76,7 @@ def run(
     # Only what checks the options and starts the fork server is imported before it
     # starts; SQLAlchemy and the rest load while it imports torch.
     from genqueue.protocol import cache_dir, resolve_model_ref
-    from genqueue.scheduler.targets import check_target, export_format
+    from genqueue.scheduler.targets import check_targets, export_format
     from genqueue.worker.supervisor import Supervisor, WorkerSpec, visible_gpus
 
     started = time.monotonic()
@@ -82,11 +84,10 @@ def run(
     state = state_dir or cache_dir() / "embedded"
     target = output or default_output(input)
     # A bad -o fails now, before anything starts.
-    if export_format(target, results_format) != "openai" and errors is not None:
+    fmt = export_format(target, results_format, flag="--results-format")
+    if fmt != "openai" and errors is not None:
         raise OptionError("--errors goes with --results-format openai")
-    check_target(target, "-o")
-    if errors is not None:
-        check_target(errors, "--errors")
+    check_targets(target, errors)
     config = settings()
     gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
     n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
@@ -235,7 +236,7 @@ def submit(
     job: JobOptions,
 ) -> None:
     """Submit a job to a deployment (GENQUEUE_DATABASE_URL + GENQUEUE_BROKER_URL); prints its id."""
-    gq = client(database_url, broker_url)
+    gq = client(database_url, broker_url, existing=False)
     job_id = gq.submit(open_input(input), **job.submit_kwargs())
     if json_out and not wait:
         out.print_json(data={"job_id": job_id})
@@ -270,9 +271,11 @@ _STATUS_FIELDS = (
 
 
 @app.command()
-def status(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+def status(
+    job_id: str, database_url: DbOpt = None, state_dir: StateOpt = None, json_out: JsonOpt = False
+) -> None:
     """Show a job's (or batch's) state and counts; warn when its model has no live worker."""
-    gq = client(database_url, None, dispatch=False)
+    gq = client(database_url, None, dispatch=False, state_dir=state_dir)
     st = gq.status(job_id)
     warn_unserved(gq.store, [j["job_id"] for j in st.get("jobs") or [st]])
     if json_out:
@@ -318,12 +321,15 @@ def warn_unserved(store: Any, job_ids: list[str]) -> None:
 @app.command()
 def jobs(
     database_url: DbOpt = None,
+    state_dir: StateOpt = None,
     json_out: JsonOpt = False,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state")] = None,
     limit: int = 50,
 ) -> None:
     """List recent jobs."""
-    rows = client(database_url, None, dispatch=False).jobs(limit=limit, state=state)
+    rows = client(database_url, None, dispatch=False, state_dir=state_dir).jobs(
+        limit=limit, state=state
+    )
     if json_out:
         out.print_json(data=rows)
         return
@@ -363,21 +369,25 @@ def results(
         ),
     ] = None,
     database_url: DbOpt = None,
+    state_dir: StateOpt = None,
 ) -> None:
     """Export a job's or batch's results (on a running one: what is done so far)."""
-    n = client(database_url, None, dispatch=False).export(
+    n = client(database_url, None, dispatch=False, state_dir=state_dir).export(
         job_id, output, format=fmt, include_pending=include_pending, errors=errors
     )
     if output != "-":
         err.print(
-            f"wrote {n} lines to {output}" + (f" (failed ones to {errors})" if errors else "")
+            f"wrote {n} lines to {output}"
+            + (f" and {errors} (failed, cancelled and expired lines there)" if errors else "")
         )
 
 
 @app.command()
-def cancel(job_id: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+def cancel(
+    job_id: str, database_url: DbOpt = None, state_dir: StateOpt = None, json_out: JsonOpt = False
+) -> None:
     """Cancel a job: nothing new starts; results so far are kept."""
-    changed = client(database_url, None, dispatch=False).cancel(job_id)
+    changed = client(database_url, None, dispatch=False, state_dir=state_dir).cancel(job_id)
     if json_out:
         out.print_json(data={"job_id": job_id, "cancelled": changed})
     else:
@@ -397,10 +407,16 @@ def retry(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-run a finished job's failed/cancelled/expired items, keeping its successes."""
-    n = client(database_url, broker_url).retry(
+    gq = client(database_url, broker_url)
+    n = gq.retry(
         job_id, statuses=tuple(status) if status else None, deadline=parse_deadline(deadline)
     )
     if json_out:
         out.print_json(data={"job_id": job_id, "requeued": n})
     else:
         err.print(f"job {job_id}: {n} item(s) queued again")
+        if n and not gq.settings.broker_url:
+            err.print(
+                "[yellow]no broker is configured (--broker-url, GENQUEUE_BROKER_URL): the items "
+                "run once a deployment's scheduler sends them to its workers[/]"
+            )

@@ -24,11 +24,11 @@ _P = "Generation"
 _J = "Job"
 
 
-def _opt(name: str, ann: Any, default: Any, *decls: str, help: str) -> Param:
+def _opt(name: str, ann: Any, default: Any, *decls: str, help: str, **bounds: Any) -> Param:
     flag = "--" + name.replace("_", "-")
     if ann is bool:
         flag = f"{flag}/--no-{flag[2:]}"
-    option = typer.Option(*(decls or (flag,)), help=help, rich_help_panel=_J)
+    option = typer.Option(*(decls or (flag,)), help=help, rich_help_panel=_J, **bounds)
     return (name, Annotated[ann, option], default)
 
 
@@ -81,6 +81,8 @@ _JOB: tuple[Param, ...] = (
         None,
         help="Items per task (default: sized by work, about 32k tokens of prompt + new "
         "tokens each, at most 1024 items)",
+        min=1,
+        max=100_000,
     ),
     _opt("priority", int, 5, help="0..9, 9 most urgent"),
     _opt("metadata", str | None, None, help="JSON object stored with the job"),

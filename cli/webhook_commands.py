@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from genqueue.cli.app import DbOpt, JsonOpt, app, err, out
+from genqueue.cli.app import DbOpt, JsonOpt, StateOpt, app, err, out
 
 webhooks_app = typer.Typer(
     no_args_is_help=True, help="Webhooks: a tenant's default endpoint and signing secret."
@@ -29,6 +29,7 @@ def webhooks_set(
     ] = None,
     rotate: Annotated[bool, typer.Option(help="Issue a new signing secret")] = False,
     database_url: DbOpt = None,
+    state_dir: StateOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Set a tenant's default webhook URL. Its signing secret (whsec_...) is printed
@@ -36,7 +37,7 @@ def webhooks_set(
     from genqueue.cli.api_commands import _store
     from genqueue.storage.webhooks import set_endpoint
 
-    ep, fresh = set_endpoint(_store(database_url), tenant, url=url, rotate=rotate)
+    ep, fresh = set_endpoint(_store(database_url, state_dir), tenant, url=url, rotate=rotate)
     if json_out:
         data = {"tenant": ep.tenant, "url": ep.url, "secret": ep.secret if fresh else None}
         out.print_json(data=data)
@@ -49,14 +50,16 @@ def webhooks_set(
 
 
 @webhooks_app.command("list")
-def webhooks_list(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+def webhooks_list(
+    database_url: DbOpt = None, state_dir: StateOpt = None, json_out: JsonOpt = False
+) -> None:
     """List tenants' webhook endpoints (never their secrets)."""
     from genqueue.cli.api_commands import _store
     from genqueue.storage.webhooks import list_endpoints
 
     data = [
         {"tenant": e.tenant, "url": e.url, "updated_at": e.updated_at.isoformat()}
-        for e in list_endpoints(_store(database_url))
+        for e in list_endpoints(_store(database_url, state_dir))
     ]
     if json_out:
         out.print_json(data=data)

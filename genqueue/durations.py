@@ -33,6 +33,8 @@ def parse_deadline(text: str | None) -> datetime | timedelta | None:
         return None
     duration = parse_duration(text)
     if duration is not None:
+        if duration.total_seconds() <= 0:
+            raise ValueError(f"{text.strip()!r} is no time at all; give a duration such as 30m")
         return duration
     try:
         when = datetime.fromisoformat(text)
@@ -41,6 +43,8 @@ def parse_deadline(text: str | None) -> datetime | timedelta | None:
             f"{text!r} is neither a duration (30m, 24h, 2d) nor an ISO time (2026-12-01T08:00:00Z)"
         ) from None
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= datetime.now(UTC):
+        raise ValueError(f"{text!r} is in the past; give a later time, or a duration (24h)")
     if when - datetime.now(UTC) > MAX_DURATION:
         raise ValueError(f"{text!r} is further ahead than the longest allowed, {_MAX_TEXT}")
     return when

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from genqueue.scheduler.errors import RecordError
-from genqueue.scheduler.kinds import type_name
+from genqueue.scheduler.readers.checks import type_name
 
 #: Roles a message may have. OpenAI's "developer" role is a system message.
 ROLES = ("system", "user", "assistant")

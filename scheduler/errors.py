@@ -37,7 +37,8 @@ class LineProblem:
     fatal: bool = False
 
     def __str__(self) -> str:
-        text = f"line {self.line}: {self.message}"
+        # Line 0 is the input as a whole (it has no records, say).
+        text = f"line {self.line}: {self.message}" if self.line > 0 else self.message
         if self.custom_id is not None:
             text += f" (custom_id {self.custom_id!r})"
         return text
@@ -59,6 +60,11 @@ class InputError(SubmissionError):
         if self.total_problems > len(shown):
             lines.append(f"  ... and {self.total_problems - len(shown)} more")
         super().__init__("\n".join(lines))
+
+
+class IdempotencyConflict(SubmissionError):
+    """Raised when an idempotency key that already made a job (or batch) comes with
+    another request: other input, options or params. The message names what it made."""
 
 
 class SpecError(SubmissionError):

@@ -22,7 +22,7 @@ from genqueue import formats
 from genqueue.resultline import FLAT_COLUMNS, ResultLine
 from genqueue.scheduler.errors import ExportError
 from genqueue.scheduler.openai_format import Origin, is_error_line, output_line
-from genqueue.scheduler.targets import EXPORT_FORMATS, export_format
+from genqueue.scheduler.targets import EXPORT_FORMATS, check_targets, export_format
 from genqueue.storage import batches
 from genqueue.storage.db import Store
 from genqueue.storage.loading import BATCH_PREFIX
@@ -158,6 +158,7 @@ def export_results(
         found = formats.by_name(fmt, "output")
         if found is not None and not found.streams:
             raise ExportError(f"{fmt} cannot be written to stdout; give a file path")
+    check_targets(path, errors_path, what="output", errors_what="the error file")
     job_rows(store, job_id)  # an unknown id fails before any file is touched
     with contextlib.ExitStack() as files:
         out = _open_atomic(files, path)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler.errors import RecordError, SpecError
-from genqueue.scheduler.readers.checks import load_json, value_problem
+from genqueue.scheduler.readers.checks import load_json, type_name, value_problem
 from genqueue.settings import InputLimits
 
 #: Job kinds. "chat" records carry a conversation (`messages`) instead of prompt fields.
@@ -143,6 +143,8 @@ def render_prompt(spec: JobInputSpec, record: Mapping[str, Any]) -> str:
     values: dict[str, str] = {}
     for name in kind.required:
         value = _lookup(name, record, spec.defaults)
+        if value is None and name in record:
+            raise RecordError(f"field {name!r} is null; kind {spec.kind!r} needs text in it")
         if value is None:
             hint = " (or set it as a job default)" if name == "target_lang" else ""
             raise RecordError(
@@ -324,6 +326,11 @@ def _render_template(
         if piece.name is None:
             continue
         value = _lookup(piece.name, record, defaults)
+        if value is None and piece.name in record:
+            raise RecordError(
+                f"template field {{{piece.name}}} is null in the record; give it a value "
+                "(or set a job default)"
+            )
         if value is None:
             where = f"; job defaults: {', '.join(defaults)}" if defaults else ""
             raise RecordError(
@@ -413,25 +420,6 @@ def _describe_fields(record: Mapping[str, Any]) -> str:
     shown = ", ".join(names[:_FIELDS_SHOWN])
     more = f", ... ({len(names) - _FIELDS_SHOWN} more)" if len(names) > _FIELDS_SHOWN else ""
     return f"the record has: {shown}{more}"
-
-
-def type_name(value: Any) -> str:
-    """JSON's name for a value's type: users write JSON, CSV or Parquet, not Python."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, bytes | bytearray):
-        return "binary"
-    return type(value).__name__
 
 
 def _short(value: Any, limit: int = 60) -> str:

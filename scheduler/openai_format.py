@@ -20,7 +20,7 @@ from typing import Any, Literal
 from genqueue.resultline import ResultLine
 from genqueue.scheduler.chat import Message, flatten, record_messages
 from genqueue.scheduler.errors import RecordError
-from genqueue.scheduler.kinds import type_name
+from genqueue.scheduler.readers.checks import type_name
 
 #: The endpoints a line may name, and the kind each becomes.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "generate"}

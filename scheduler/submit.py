@@ -8,6 +8,7 @@ input is clean; a rejected input leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any, BinaryIO
 from genqueue.params import GenerationParams
 from genqueue.protocol import queue_for
 from genqueue.scheduler.dispatch import Dispatcher
-from genqueue.scheduler.errors import SpecError
+from genqueue.scheduler.errors import IdempotencyConflict, SpecError
 from genqueue.scheduler.inputs import ParsedItem, open_items
 from genqueue.scheduler.kinds import JobInputSpec
 from genqueue.scheduler.loader import Loader, Loading
@@ -162,6 +163,53 @@ def _check_metadata(metadata: dict[str, Any], limits: InputLimits) -> None:
         )
 
 
+def request_digest(fields: Mapping[str, Any]) -> str:
+    """What an idempotency key was used for, as a digest of the request's fields: a
+    repeat must match it (see `check_repeat`)."""
+    text = json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _spec_digest(spec: JobSpec, name: str) -> str:
+    deadline: Any = spec.deadline
+    if isinstance(deadline, timedelta):
+        deadline = deadline.total_seconds()
+    return request_digest(
+        {
+            "input": name,
+            "kind": spec.kind,
+            "model": spec.model,
+            "revision": spec.revision,
+            "params": spec.params.model_dump(mode="json", exclude_defaults=True),
+            "template": spec.template,
+            "defaults": spec.defaults,
+            "chunk_size": spec.chunk_size,
+            "priority": spec.priority,
+            "metadata": spec.metadata,
+            "deadline": deadline,
+            "truncate": spec.truncate,
+            "trust_remote_code": spec.trust_remote_code,
+            "reuse": spec.reuse,
+            "chat": spec.chat,
+            "system": spec.system,
+            "chat_template": spec.chat_template,
+            "endpoint": spec.endpoint,
+            "webhook_url": spec.webhook_url,
+        }
+    )
+
+
+def check_repeat(key: str | None, what: str, made_id: str, options: Any, digest: str) -> None:
+    """Raise IdempotencyConflict when `key` made `made_id` for another request (its
+    stored digest differs; rows stored before digests were kept pass)."""
+    stored = (options or {}).get("request_digest")
+    if stored is not None and stored != digest:
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was used for another request ({what} {made_id}, with "
+            "other input or options); give a new request a new key"
+        )
+
+
 def _offered(spec: JobSpec, name: str) -> Offered | str:
     """What a model name stands for, or why it cannot be used."""
     if spec.offered is None:
@@ -228,6 +276,9 @@ def submit_job(
     )
     if isinstance(created, str):
         view = view_job(store, created)
+        check_repeat(
+            spec.idempotency_key, "job", created, view.job.options, _spec_digest(spec, name)
+        )
         return Submitted(created, view.job.total_items, 0, False, (created,))
     loader = Loader(store, dispatcher, name=name, planning_window=spec.planning_window)
     target = loader.add_job(created, spec.sizing, _fit(spec, model_ref))
@@ -258,12 +309,14 @@ def _submit_batch(
             store,
             input_name=name,
             meta=spec.metadata,
-            options={"format": "openai"},
+            options={"format": "openai", "request_digest": _spec_digest(spec, name)},
             idempotency_key=spec.idempotency_key,
             tenant=spec.tenant,
             webhook_url=spec.webhook_url,
         )
     if isinstance(batch, str):
+        made = batches.get_batch(store, batch, None)
+        check_repeat(spec.idempotency_key, "batch", batch, made.options, _spec_digest(spec, name))
         view = batches.view_batch(store, batch)
         ids = tuple(v.job.id for v in view.jobs)
         return Submitted(batch, view.counts.total, 0, False, ids)
@@ -374,6 +427,7 @@ def _create_job(
             "chat": chat,
             "model_name": model,
             "format": fmt,
+            **({} if batch_id else {"request_digest": _spec_digest(spec, name)}),
         },
     )
 

@@ -34,9 +34,20 @@ def aware(value: datetime) -> datetime:
     return out
 
 
+#: A plain path is taken for a SQLite file only with one of these endings: anything else
+#: without a scheme is a mistyped URL (`postgres@host/db`), not a file to create.
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
 def normalize_url(url: str) -> str:
-    """Accept `postgresql://` and `postgres://` (mapped to psycopg 3) and plain paths."""
+    """Accept `postgresql://` and `postgres://` (mapped to psycopg 3) and paths of SQLite
+    files (SQLITE_SUFFIXES)."""
     if "://" not in url:
+        if not url.endswith(SQLITE_SUFFIXES):
+            raise StorageError(
+                f"{url!r} is not a database URL: use postgresql://user@host:5432/dbname or "
+                "sqlite:///path/to/genqueue.db (GENQUEUE_DATABASE_URL, --database-url)"
+            )
         return f"sqlite:///{Path(url).expanduser().resolve()}"
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]

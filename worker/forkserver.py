@@ -194,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             hook(options)
-        except Exception as exc:  # the workers will meet (and report) the real problem
-            print(f"genqueue fork server: {module.__name__}.prefork: {exc}", file=sys.stderr)
+        except Exception as exc:
+            # Only a head start: the workers meet (and report) a real problem, and a
+            # built-in model that does not exist yet is built by the first of them.
+            if os.environ.get("GENQUEUE_DEBUG", "") not in ("", "0"):
+                print(f"genqueue fork server: {module.__name__}.prefork: {exc}", file=sys.stderr)
     if _threads() != 1:
         reason = f"{_threads()} threads run after the imports; forking would be unsafe"
         os.write(reply_fd, (json.dumps({"refused": reason}) + "\n").encode())

@@ -278,7 +278,22 @@ class Supervisor:
         signal.signal(signal.SIGINT, _stop)
         self.start()
         while not self.stopping:
+            if self.cannot_load():
+                log.error(
+                    "genqueue worker: no process could load model %s: %s",
+                    self.spec.options.model,
+                    self.engine_error,
+                )
+                self.stop()
+                return 2
             self.poll()
             time.sleep(0.5)
         self.stop()
         return 0
+
+    def cannot_load(self) -> bool:
+        """Whether every process has exited because it could not load the model (a
+        missing or damaged model, a bad option): restarting them would only repeat it."""
+        return self.engine_error is not None and all(
+            c is not None and c.poll() == EXIT_ENGINE_ERROR for c in self.children
+        )

@@ -38,16 +38,20 @@ class _BoundedLines:
         self.max_fields = max_fields
         self.pending = 0  # bytes of the record being read so far
         self.commas = 0  # and its commas: fields, before the csv module makes them
+        self.quotes = 0  # and its quote characters (odd inside a quoted field)
+        self.ended = False  # the input ran out while the csv module asked for more
 
     def __iter__(self) -> Iterator[str]:
         while True:
             line = self.text.readline(self.limit + 1)
             if not line:
+                self.ended = True
                 return
             size = len(line)
             if size * 4 > self.limit:  # UTF-8 may take up to 4 bytes a character
                 size = len(line.encode("utf-8", "surrogateescape"))
             self.pending += size
+            self.quotes += line.count('"')
             if self.pending > self.limit:
                 raise _RecordTooLarge(self.pending)
             if self.pending > self.max_fields:  # only then can it hold that many fields
@@ -80,7 +84,7 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
             raise InputFormatError(f"{name}: line 1: the header {too_large}") from None
         end = reader.line_num
         while True:
-            lines.pending = lines.commas = 0
+            lines.pending = lines.commas = lines.quotes = 0
             try:
                 row = next(reader)
             except StopIteration:
@@ -103,6 +107,16 @@ def csv_records(stream: IO[bytes], name: str, limits: InputLimits) -> Records:
                 yield end + 1, LineProblem(end + 1, _csv_error(exc, limits), fatal=True)
                 return
             start, end = end + 1, reader.line_num
+            if lines.ended and lines.quotes % 2:  # the input ended inside a quoted field
+                yield (
+                    start,
+                    LineProblem(
+                        start,
+                        f"a quoted field opened on line {start} is never closed: the input ends "
+                        'inside it; add the closing quote (")',
+                    ),
+                )
+                return
             if all(not cell.strip() for cell in row):
                 continue  # blank lines and all-empty rows (spreadsheets export them)
             problem = _csv_row_problem(row, header, start, end, limits)

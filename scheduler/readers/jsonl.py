@@ -16,6 +16,7 @@ from genqueue.scheduler.readers.checks import (
     record_problem,
     record_too_large,
     too_many_values,
+    type_name,
 )
 from genqueue.scheduler.readers.source import READ_CHUNK, InputTooLarge, Records
 from genqueue.settings import InputLimits
@@ -98,8 +99,7 @@ def _parse_line(body: bytes, line: int, last: bool, limits: InputLimits) -> Any:
     except ValueError as exc:
         return LineProblem(line, f"invalid JSON: {exc}")
     if not isinstance(value, dict):
-        got = "array" if isinstance(value, list) else type(value).__name__
-        return LineProblem(line, f"expected a JSON object on each line, got {got}")
+        return LineProblem(line, f"expected a JSON object on each line, got {type_name(value)}")
     if not simple:
         problem = record_problem(value, limits, text_checks=escapes)
         if problem is not None:

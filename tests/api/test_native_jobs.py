@@ -44,6 +44,10 @@ def test_submit_inline_records_follow_and_read_results(api_server: ApiServer) ->
         job = r.json()
         again = http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "job-1"}).json()
         assert again["job_id"] == job["job_id"]
+        other = {**spec, "params": {"max_new_tokens": 5}}
+        clash = http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "job-1"})
+        assert clash.status_code == 409, clash.text
+        assert clash.json()["error"]["code"] == "idempotency_conflict"
         st = wait_job(http, job["job_id"])
         assert st["state"] == "completed_with_errors", st
         assert st["counts"]["succeeded"] == 20 and st["counts"]["failed"] == 1

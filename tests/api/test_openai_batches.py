@@ -227,6 +227,15 @@ def test_idempotency_keys_create_once(api_server: ApiServer) -> None:
         extra_headers=key,
     )
     assert one.id == two.id
+    # The same key for another request is a 409 that names what the key made.
+    with pytest.raises(openai.ConflictError) as conflict:
+        client.batches.create(
+            input_file_id=a.id,
+            endpoint="/v1/completions",
+            completion_window="1h",
+            extra_headers=key,
+        )
+    assert one.id in conflict.value.message and "new key" in conflict.value.message
     # Another tenant's same key is another key.
     other = api_server.openai("bob").files.create(
         file=("a.jsonl", text), purpose="batch", extra_headers=headers

@@ -4,11 +4,13 @@ refusing a non-loopback address while no key exists."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import pytest
 from openai import OpenAI
 
@@ -26,9 +28,10 @@ def test_serve_offers_a_model_end_to_end(tmp_path: Path, tiny_gpt2_dir: Path) ->
         "OMP_NUM_THREADS": "1",
     }
     state = tmp_path / "state"
+    # The operator commands act on the state dir `serve --state-dir` uses.
     subprocess.run(
-        [*GQ, "models", "add", "tiny", "--model", str(tiny_gpt2_dir)],
-        env={**env, "GENQUEUE_DATABASE_URL": f"sqlite:///{state / 'genqueue.db'}"},
+        [*GQ, "models", "add", "tiny", "--model", str(tiny_gpt2_dir), "--state-dir", str(state)],
+        env=env,
         check=True,
         capture_output=True,
         timeout=60,
@@ -57,6 +60,20 @@ def test_serve_offers_a_model_end_to_end(tmp_path: Path, tiny_gpt2_dir: Path) ->
         assert done.status == "completed", (done, log.read_text()[-2000:])
         assert done.request_counts is not None and done.request_counts.completed == 5
         assert [m.id for m in client.models.list()] == ["tiny"]
+        # A key made for this state dir locks the server: a request without it is a 401.
+        made = subprocess.run(
+            [*GQ, "keys", "create", "--tenant", "t1", "--state-dir", str(state), "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        secret = json.loads(made.stdout)["key"]
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+        keyed = OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
+        assert [m.id for m in keyed.models.list()] == ["tiny"]
     finally:
         stop_all({"serve": proc})
     assert proc.returncode is not None

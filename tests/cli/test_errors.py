@@ -24,24 +24,47 @@ def gq(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
     )
 
 
-def test_unexpected_error_is_one_line_without_traceback() -> None:
-    proc = gq("jobs", "--database-url", UNREACHABLE_DB)
+def junk_db(tmp_path: Path) -> str:
+    """A file that is not a database: SQLite's driver fails in a way genqueue does not own."""
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not a database file, not even close " * 20)
+    return f"sqlite:///{path}"
+
+
+def test_unexpected_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = gq("jobs", "--database-url", junk_db(tmp_path))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: unexpected OperationalError: ")
-    assert "Connection refused" in lines[0]
+    assert lines[0].startswith("error: unexpected DatabaseError: ")
+    assert "not a database" in lines[0]
     assert lines[0].endswith("(run again with --debug for the traceback)")
 
 
-def test_debug_shows_the_traceback_anywhere_on_the_line() -> None:
+def test_debug_shows_the_traceback_anywhere_on_the_line(tmp_path: Path) -> None:
+    url = junk_db(tmp_path)
     for args in (["--debug", "jobs"], ["jobs", "--debug"]):
-        proc = gq(*args, "--database-url", UNREACHABLE_DB)
+        proc = gq(*args, "--database-url", url)
         assert proc.returncode == 1
         assert "Traceback (most recent call last)" in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("error: unexpected")
-    proc = gq("jobs", "--database-url", UNREACHABLE_DB, env={"GENQUEUE_DEBUG": "1"})
+    proc = gq("jobs", "--database-url", url, env={"GENQUEUE_DEBUG": "1"})
     assert "Traceback" in proc.stderr
+
+
+def test_a_database_that_cannot_be_reached_or_named_says_what_to_check(tmp_path: Path) -> None:
+    proc = gq("jobs", "--database-url", UNREACHABLE_DB)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: cannot use the database: ") and "Connection refused" in line
+    assert "GENQUEUE_DATABASE_URL" in line
+    # A URL without its scheme is refused, not taken for a SQLite file to create.
+    proc = subprocess.run(
+        [*GQ, "jobs", "--database-url", "postgres@127.0.0.1/db"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "is not a database URL" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_genqueue_errors_keep_their_message_and_brackets(tmp_path: Path) -> None:

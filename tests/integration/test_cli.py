@@ -81,6 +81,19 @@ def test_run_embedded_writes_one_result_per_input(tmp_path: Path) -> None:
     for ln in lines:
         validate_line(ln)
         assert ln["status"] == "succeeded"
+    # The job stays in the run's database: the job commands find it with no URL given.
+    st = json.loads(gq("status", summary["job_id"], "--json", env=env).stdout)
+    assert st["state"] == "completed" and st["counts"]["succeeded"] == 60
+    gq("results", summary["job_id"], "-o", str(tmp_path / "again.csv"), env=env)
+    assert len((tmp_path / "again.csv").read_text().splitlines()) == 61
+    # A state dir or SQLite file that holds no database is refused, not created.
+    for where in (
+        ["--state-dir", str(tmp_path / "nope")],
+        ["--database-url", f"sqlite:///{tmp_path}/no/x.db"],
+    ):
+        proc = gq("status", summary["job_id"], *where, env=env, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "no").exists()
 
 
 def test_run_reads_stdin_csv_and_explains_bad_input(tmp_path: Path) -> None:
@@ -192,8 +205,7 @@ def test_an_interrupted_run_writes_what_the_database_holds(
     assert set(statuses) <= {"succeeded", "cancelled"}, set(statuses)
     assert 0 < statuses.count("succeeded") < 200
     job_id = err.decode().split(":", 1)[0].strip().splitlines()[-1]
-    db = {"GENQUEUE_DATABASE_URL": f"sqlite:///{state / 'genqueue.db'}"}
-    st = json.loads(gq("status", job_id, "--json", env=db).stdout)
+    st = json.loads(gq("status", job_id, "--json", "--state-dir", str(state)).stdout)
     assert st["state"] == "cancelled"
     assert st["counts"]["succeeded"] == statuses.count("succeeded")
     assert st["counts"]["cancelled"] == statuses.count("cancelled")
@@ -289,6 +301,26 @@ def test_submit_to_postgres_with_two_worker_processes(
     finally:
         assert stop(worker) < 30
         stop(sched)
+
+
+def test_a_worker_whose_model_cannot_load_stops_with_the_reason(
+    services: dict[str, str], tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "damaged"
+    bad.mkdir()
+    for f in tiny_gpt2_dir.glob("*.json"):
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    gq("db", "upgrade", env=services)
+    t0 = time.monotonic()
+    proc = gq(
+        "worker", "--model", str(bad), "--processes", "2", "--device", "cpu",
+        env=services, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no process could load model" in proc.stderr and "damaged" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 90
 
 
 def test_invalid_submission_leaves_nothing_behind(

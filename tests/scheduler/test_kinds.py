@@ -95,7 +95,6 @@ def test_translate_languages_come_from_job_defaults_record_wins() -> None:
         ("translate", {"text": "Hi"}, "target_lang"),
         ("translate", {"target_lang": "German"}, "text"),
         ("qa", {"context": "c"}, "question"),
-        ("summarize", {"text": None}, "text"),
     ],
 )
 def test_missing_required_field_names_it_and_lists_the_record(
@@ -106,6 +105,13 @@ def test_missing_required_field_names_it_and_lists_the_record(
     message = str(err.value)
     assert f"missing required field {field!r} for kind {kind!r}" in message
     assert "the record has: " + ", ".join(record) in message
+
+
+def test_a_null_field_is_called_null_not_missing() -> None:
+    with pytest.raises(RecordError, match="field 'text' is null; kind 'summarize' needs text"):
+        render("summarize", {"text": None})
+    with pytest.raises(RecordError, match=r"template field \{x\} is null in the record"):
+        render("generate", {"x": None}, template="V={x}")
 
 
 def test_missing_target_lang_suggests_a_job_default() -> None:

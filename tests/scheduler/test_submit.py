@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from genqueue.params import GenerationParams
-from genqueue.scheduler.errors import InputError, SpecError
+from genqueue.scheduler.errors import IdempotencyConflict, InputError, SpecError
 from genqueue.scheduler.submit import JobSpec, submit_job
 from genqueue.storage import batches, status
 from genqueue.storage.db import Store
@@ -165,6 +165,17 @@ def test_idempotency_key_creates_one_job(store: Store, tmp_path: Path) -> None:
     again = submit_job(store, None, src, spec)
     assert first.created and not again.created
     assert again.job_id == first.job_id and again.total_items == 2
+    assert len(status.list_jobs(store)) == 1
+    # The same key for another request is refused, naming the job it made.
+    other = tmp_path / "other.jsonl"
+    other.write_text(src.read_text())
+    for changed, where in (
+        (replace(spec, params=GenerationParams(max_new_tokens=2)), src),
+        (spec, other),
+        (replace(spec, template="Q: {prompt}"), src),
+    ):
+        with pytest.raises(IdempotencyConflict, match=first.job_id):
+            submit_job(store, None, where, changed)
     assert len(status.list_jobs(store)) == 1
 
 

@@ -58,10 +58,20 @@ def test_csv_wrong_column_count_and_bad_params(tmp_path: Path) -> None:
 def test_csv_unclosed_quote_is_pointed_out(tmp_path: Path) -> None:
     data = b'text,n\nok,1\n"never closed,2\nnext,3\nlast,4\n'
     found = problems(items(write(tmp_path, "in.csv", data), SUMMARIZE))
-    assert found == {
-        3: "row has 1 field(s) but the header has 2 (the row runs from line 3 to 5: an "
-        "unclosed quote?); quote fields that contain commas"
-    }
+    never_closed = (
+        "a quoted field opened on line 3 is never closed: the input ends inside it; add "
+        'the closing quote (")'
+    )
+    assert found == {3: never_closed}
+    # Even where the swallowed rest fits the header, not taken as one long field.
+    data = b'custom_id,text\nc0,ok\nc1,"unterminated\nmore\n'
+    assert problems(items(write(tmp_path, "b.csv", data), SUMMARIZE)) == {3: never_closed}
+    # A quote inside an unquoted field is a character (5" screen), not an opening.
+    data = b'custom_id,text\nc0,a 5" screen\nc1,12" ruler'
+    assert [it.prompt for it in items(write(tmp_path, "c.csv", data), SUMMARIZE)] == [
+        'summarize: a 5" screen',
+        'summarize: 12" ruler',
+    ]
 
 
 def test_csv_bom_blank_rows_and_header_spaces(tmp_path: Path) -> None:

@@ -61,9 +61,9 @@ def test_jsonl_non_object_values(tmp_path: Path) -> None:
     data = b'["a"]\n"text"\n42\nnull\n'
     assert problems(items(write(tmp_path, "in.jsonl", data))) == {
         1: "expected a JSON object on each line, got array",
-        2: "expected a JSON object on each line, got str",
-        3: "expected a JSON object on each line, got int",
-        4: "expected a JSON object on each line, got NoneType",
+        2: "expected a JSON object on each line, got string",
+        3: "expected a JSON object on each line, got number",
+        4: "expected a JSON object on each line, got null",
     }
 
 
