@@ -135,6 +135,12 @@ def error_response(exc: GenqueueError) -> JSONResponse:
             param=exc.param,
             headers=headers,
         )
+    if isinstance(exc, JobNotFound):  # the storage message points to the CLI
+        return _body(404, "not_found", f"no job {exc.job_id!r} (list jobs with GET /v1/jobs)")
+    if isinstance(exc, BatchNotFound):
+        return _body(
+            404, "not_found", f"no batch {exc.batch_id!r} (list batches with GET /v1/batches)"
+        )
     if isinstance(exc, _NOT_FOUND):
         return _body(404, "not_found", str(exc))
     if isinstance(exc, InputError):

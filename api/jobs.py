@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from genqueue import formats
 from genqueue.api.deps import ApiContext, Caller, Ctx, IdempotencyKey, scope
 from genqueue.api.errors import ERROR_RESPONSES, BadRequest
-from genqueue.api.limits import check_room
+from genqueue.api.limits import room_for
 from genqueue.api.submissions import offered, webhook_url
 from genqueue.api.uploads import read_json, receive
 from genqueue.durations import parse_deadline
@@ -212,8 +212,8 @@ def _submit(
     name: str,
     items: int,
 ) -> dict[str, Any]:
-    check_room(ctx.store, ctx.settings, caller.tenant, items=items)
-    done = submit_job(ctx.store, ctx.dispatcher, str(path), spec, fmt=fmt, input_name=name)
+    with room_for(ctx.store, ctx.settings, caller.tenant, items=items):
+        done = submit_job(ctx.store, ctx.dispatcher, str(path), spec, fmt=fmt, input_name=name)
     return _status(ctx, caller, done.job_id)
 
 
@@ -224,8 +224,10 @@ def _submit_records(
     records: list[dict[str, Any]],
     fmt: str | None,
 ) -> dict[str, Any]:
-    check_room(ctx.store, ctx.settings, caller.tenant, items=len(records))
-    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as f:
+    with (
+        room_for(ctx.store, ctx.settings, caller.tenant, items=len(records)),
+        tempfile.SpooledTemporaryFile(max_size=64 << 20) as f,
+    ):
         for rec in records:
             # ASCII escapes: a record's unpaired surrogate reaches the reader, which
             # refuses it with its line number, as in an uploaded file.

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from genqueue.api import openai_status
 from genqueue.api.deps import ApiContext, Caller, Ctx, IdempotencyKey, scope
 from genqueue.api.errors import ERROR_RESPONSES, BadRequest
-from genqueue.api.limits import check_room
+from genqueue.api.limits import room_for
 from genqueue.api.schemas import BatchCreate, BatchList, BatchObject
 from genqueue.api.submissions import cancel_jobs, submit_batch_file, webhook_url
 from genqueue.scheduler.openai_format import ENDPOINTS
@@ -110,26 +110,26 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
         if existing is not None:
             check_repeat(key, "batch", existing.id, existing.options, digest)
             return render(ctx, existing)
-    check_room(ctx.store, ctx.settings, caller.tenant, items=source.lines)
     hook = webhook_url(
         ctx,
         caller.tenant,
         (body.metadata or {}).get(WEBHOOK_METADATA_KEY),
         field=f"metadata.{WEBHOOK_METADATA_KEY}",
     )
-    created = loading.create_batch(
-        ctx.store,
-        input_name=source.filename,
-        meta=dict(body.metadata or {}),
-        options={"format": "openai", "request_digest": digest},
-        idempotency_key=key,
-        tenant=caller.tenant,
-        endpoint=body.endpoint,
-        completion_window=body.completion_window,
-        input_file_id=source.id,
-        phase=batches.VALIDATING,
-        webhook_url=hook,
-    )
+    with room_for(ctx.store, ctx.settings, caller.tenant, items=source.lines):
+        created = loading.create_batch(
+            ctx.store,
+            input_name=source.filename,
+            meta=dict(body.metadata or {}),
+            options={"format": "openai", "request_digest": digest},
+            idempotency_key=key,
+            tenant=caller.tenant,
+            endpoint=body.endpoint,
+            completion_window=body.completion_window,
+            input_file_id=source.id,
+            phase=batches.VALIDATING,
+            webhook_url=hook,
+        )
     if isinstance(created, str):  # the same key won a race
         return render(ctx, batches.get_batch(ctx.store, created, None))
     ctx.background.submit(

@@ -22,7 +22,7 @@ from genqueue.scheduler.kinds import (
     render_prompt,
     validate_spec,
 )
-from genqueue.scheduler.openai_format import is_openai_line, parse_request
+from genqueue.scheduler.openai_format import in_body_terms, is_openai_line, parse_request
 from genqueue.scheduler.readers import (
     FORMATS,
     Record,
@@ -175,13 +175,16 @@ def _parse_openai(line: int, record: Record, spec: JobInputSpec) -> ParsedItem |
     """One OpenAI batch line as an item of its kind and model."""
     custom_id = None
     try:
-        custom_id = record_custom_id(record.get("custom_id"))
+        custom_id = record_custom_id(record.get("custom_id"), required=True)
         if custom_id is None:
             raise RecordError("custom_id is missing; every OpenAI batch line needs one")
         req = parse_request(record, system=spec.system)
         if len(req.prompt) > spec.limits.max_prompt_chars:
             raise RecordError(prompt_too_large(len(req.prompt), spec.limits))
-        params = record_params(req.params or None, spec.base_params)
+        try:
+            params = record_params(req.params or None, spec.base_params)
+        except RecordError as exc:
+            raise RecordError(in_body_terms(str(exc))) from None
     except RecordError as exc:
         return LineProblem(line, str(exc), custom_id)
     return ParsedItem(line, custom_id, req.prompt, params, req.messages, req.kind, req.model)

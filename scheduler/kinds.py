@@ -167,8 +167,10 @@ def render_prompt(spec: JobInputSpec, record: Mapping[str, Any]) -> str:
     return (kind.full if complete else kind.short).format_map(values)
 
 
-def record_custom_id(value: Any) -> str | None:
-    """A record's custom_id as text (integers allowed), None when absent."""
+def record_custom_id(value: Any, *, required: bool = False) -> str | None:
+    """A record's custom_id as text (integers allowed), None when absent. `required`:
+    a line without one is refused by the caller (OpenAI batch lines), so an empty one is
+    not told to leave it out."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -177,6 +179,8 @@ def record_custom_id(value: Any) -> str | None:
         )
     text = str(value)
     if not text.strip():
+        if required:
+            raise RecordError("custom_id is empty; every OpenAI batch line needs one")
         raise RecordError("custom_id is empty; leave it out to get a generated id")
     if len(text) > MAX_CUSTOM_ID_CHARS:
         raise RecordError(

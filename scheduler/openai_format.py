@@ -183,6 +183,30 @@ def _prompt(value: Any) -> str:
     return value
 
 
+#: genqueue's name of a param -> the body field it came from, for messages on a line.
+_BODY_NAME = {
+    "max_new_tokens": "max_tokens",
+    "min_new_tokens": "min_tokens",
+    "num_return_sequences": "n",
+    "choices": "guided_choice",
+    "regex": "guided_regex",
+    "json_schema": "guided_json",
+}
+
+
+def in_body_terms(message: str) -> str:
+    """A params validation message about an OpenAI line, in the line's own terms: its
+    body fields (`body.max_tokens`, `body.n`), not genqueue's param names."""
+    if "num_return_sequences (" in message and "needs do_sample" in message:
+        return "body.n asks for several completions: give body.temperature > 0 as well"
+    text = message.removeprefix("invalid params: ")
+    name, sep, rest = text.partition(": ")
+    if sep and name.isidentifier():
+        field = _BODY_NAME.get(name, name)
+        return f"body.{field}: {rest.replace(name, field)}"
+    return message
+
+
 def _params(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
     """Body fields as genqueue generation params (only those the line set)."""
     out: dict[str, Any] = {}

@@ -310,6 +310,12 @@ def test_a_tenant_over_its_queued_items_gets_429_with_retry_after(api_server: Ap
     with api_server.http("quota") as http:  # the native API has the same limit
         r = http.post("/v1/jobs", json={"model": "idle", "records": [{"prompt": "x"}] * half})
         assert r.status_code == 429 and r.headers["retry-after"] == "30"
+        # A job that could never fit is not told to wait: a 413 that says to split it.
+        records = [{"prompt": "x"}] * (QUEUED_ITEMS_LIMIT + 1)
+        r = http.post("/v1/jobs", json={"model": "idle", "records": records})
+        assert r.status_code == 413 and "retry-after" not in r.headers, r.text
+        assert "split it" in r.json()["error"]["message"]
+        assert "GET /v1/jobs" in http.get("/v1/jobs/nope").json()["error"]["message"]
     client.batches.cancel(first.id)
     assert wait_batch(client, first.id, until={"cancelled"}, bound=60).status == "cancelled"
     # Room again.

@@ -243,11 +243,18 @@ def test_an_openai_file_with_bad_lines_lists_each_with_its_line(
             "body": {"prompt": "x"},
         },
         openai_line("ghost", str(tmp_path / "no-such-model")),
+        openai_line("", "tiny-gpt2"),
+        openai_line("zero", "tiny-gpt2", max_tokens=0),
+        openai_line("many", "tiny-gpt2", n=2),
     ]
     with pytest.raises(InputError) as err:
         submit_job(store, None, write(tmp_path, lines), JobSpec(), fmt="openai")
     problems = {p.line: p.message for p in err.value.problems}
-    assert sorted(problems) == [2, 3, 5, 6]
+    assert sorted(problems) == [2, 3, 5, 6, 7, 8, 9]
+    assert problems[7] == "custom_id is empty; every OpenAI batch line needs one"
+    # Param problems in the line's own terms: its body fields, not genqueue's names.
+    assert problems[8].startswith("body.max_tokens: ") and "max_new_tokens" not in problems[8]
+    assert problems[9] == "body.n asks for several completions: give body.temperature > 0 as well"
     assert problems[2].startswith("url '/v1/embeddings' is not supported")
     assert problems[3] == "body.logit_bias is refused: not supported"
     assert problems[5].startswith("body.model is missing")
