@@ -160,7 +160,9 @@ class Supervisor:
 
     def logged_engine_error(self, slot: int) -> str:
         """The message a process logged when its model could not be loaded (see
-        worker/process.py), from its log; a pointer to the log when it is not there."""
+        worker/process.py), from its log; a pointer to where it is otherwise."""
+        if not self.spec.log_dir:  # `genqueue worker`: the processes write to its output
+            return "the reason is in the processes' output above"
         tail = self.log_tail(slot, lines=60)
         marker = " genqueue worker: "
         at = tail.rfind(marker)

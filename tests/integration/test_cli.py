@@ -319,6 +319,7 @@ def test_a_worker_whose_model_cannot_load_stops_with_the_reason(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "no process could load model" in proc.stderr and "damaged" in proc.stderr
+    assert "worker-0.log" not in proc.stderr  # no log file is written here
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert time.monotonic() - t0 < 90
 
