@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from genqueue import formats
 from genqueue.cli.app import (
@@ -335,7 +335,10 @@ def jobs(
         return
     from genqueue.storage.status import JobCounts
 
-    table = Table("job", "state", "kind", "model", "done/total", "failed", "created")
+    # Ids are what the other commands take: shown whole, on narrow terminals too.
+    job_column = Column("job", no_wrap=True, min_width=32, overflow="ignore")
+    state_column = Column("state", no_wrap=True, min_width=9)
+    table = Table(job_column, state_column, "kind", "model", "done/total", "failed", "created")
     for r in rows:
         c = r["counts"]
         table.add_row(

@@ -84,6 +84,9 @@ def test_run_embedded_writes_one_result_per_input(tmp_path: Path) -> None:
     # The job stays in the run's database: the job commands find it with no URL given.
     st = json.loads(gq("status", summary["job_id"], "--json", env=env).stdout)
     assert st["state"] == "completed" and st["counts"]["succeeded"] == 60
+    # `genqueue jobs` shows ids whole (they are what the other commands take), even at 80
+    # columns.
+    assert summary["job_id"] in gq("jobs", env={**env, "COLUMNS": "80"}).stdout
     gq("results", summary["job_id"], "-o", str(tmp_path / "again.csv"), env=env)
     assert len((tmp_path / "again.csv").read_text().splitlines()) == 61
     # A state dir or SQLite file that holds no database is refused, not created.
