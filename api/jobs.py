@@ -47,7 +47,8 @@ class JobCreate(BaseModel):
     request is JSON. As multipart, the spec goes in the `spec` field and the input in
     `file` (JSONL, CSV or Parquet)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `"priority": true` or `"chunk_size": "10"` is a mistake to report, not coerce.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: str = Field("generate", max_length=32)
     model: str | None = Field(None, max_length=200)

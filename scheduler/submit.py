@@ -255,6 +255,11 @@ def submit_job(
     resolved, items = open_items(source, input_spec, fmt=fmt)
     if resolved == "openai":
         return _submit_batch(store, dispatcher, items, spec, name)
+    if spec.system is not None and not input_spec.is_chat:
+        raise SpecError(
+            "system: a system message goes with chat jobs; add --chat (chat: true) to send "
+            "each prompt as the user turn, or leave the system message out"
+        )
     if spec.model is None:
         raise SpecError("model: give the model to run (--model); only OpenAI lines name theirs")
     offered = _offered(spec, spec.model)

@@ -122,4 +122,6 @@ def _json_problem(text: str, exc: json.JSONDecodeError, last: bool) -> str:
             f"invalid JSON: {where} (JSON Lines needs one complete object per line; "
             "pretty-printed JSON or a JSON array is not supported)"
         )
+    if not stripped.startswith(("{", '"')) and "," in stripped:
+        return f"invalid JSON: {where} (is this CSV? pass --format csv, or name the file .csv)"
     return f"invalid JSON: {where}"

@@ -142,6 +142,11 @@ def test_invalid_input_is_a_400_with_line_numbers(api_server: ApiServer) -> None
         assert r.status_code == 400 and "top_p" in r.json()["error"]["message"]
         r = http.post("/v1/jobs", content=b"{nope", headers={"content-type": "application/json"})
         assert r.status_code == 400
+        # Types are not coerced: a boolean priority is a mistake to report.
+        r = http.post(
+            "/v1/jobs", json={"model": "gpt2", "records": [{"prompt": "x"}], "priority": True}
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "priority", r.text
 
 
 def test_a_nul_character_in_a_url_is_a_400_that_says_where(api_server: ApiServer) -> None:

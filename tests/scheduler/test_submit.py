@@ -155,6 +155,8 @@ def test_model_checks_before_anything_is_stored(
         )
     with pytest.raises(SpecError, match="priority"):
         submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", priority=12))
+    with pytest.raises(SpecError, match="system message goes with chat jobs"):
+        submit_job(store, None, src, JobSpec(kind="generate", model="tiny-gpt2", system="Be brief"))
     assert status.list_jobs(store) == []
 
 

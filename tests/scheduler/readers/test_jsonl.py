@@ -57,6 +57,13 @@ def test_jsonl_truncated_last_line(tmp_path: Path) -> None:
     )
 
 
+def test_csv_read_as_jsonl_is_pointed_out(tmp_path: Path) -> None:
+    data = b"custom_id,prompt\nc1,hello\n"
+    found = problems(items(write(tmp_path, "in.jsonl", data)))
+    assert set(found) == {1, 2}
+    assert all("is this CSV? pass --format csv" in m for m in found.values())
+
+
 def test_jsonl_non_object_values(tmp_path: Path) -> None:
     data = b'["a"]\n"text"\n42\nnull\n'
     assert problems(items(write(tmp_path, "in.jsonl", data))) == {
