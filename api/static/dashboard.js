@@ -36,7 +36,16 @@
           regions.forEach(function (old) {
             var next = old.id && fresh.getElementById(old.id);
             if (next) {
-              old.replaceWith(document.importNode(next, true));
+              var node = document.importNode(next, true);
+              // A [data-stable] part that did not change is kept as it is, so a
+              // button the user is clicking is not swapped away under the pointer.
+              old.querySelectorAll("[data-stable][id]").forEach(function (part) {
+                var same = node.querySelector("#" + CSS.escape(part.id));
+                if (same && same.outerHTML === part.outerHTML) {
+                  same.replaceWith(part);
+                }
+              });
+              old.replaceWith(node);
             }
           });
           document.body.setAttribute("data-refreshed", String(Date.now()));

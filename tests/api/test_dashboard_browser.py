@@ -273,6 +273,18 @@ def test_dashboard_in_a_browser(deployment: Deployment, browser: Any) -> None:
         dialogs.append(dialog.message)
         dialog.accept()
 
+    # A live refresh keeps the actions that did not change: the button being clicked is
+    # not swapped away under the pointer (a slow page would otherwise never be clicked).
+    button = page.query_selector("#cancel")
+    assert button is not None
+    before = page.get_attribute("body", "data-refreshed")
+    page.wait_for_function(
+        f"() => document.body.getAttribute('data-refreshed') !== {before!r}".replace(
+            "None", "null"
+        ),
+        timeout=20_000,
+    )
+    assert button.evaluate("b => b.isConnected")
     page.once("dialog", accept)
     page.click("#cancel")
     page.wait_for_selector("#notice")
