@@ -107,23 +107,22 @@ class _Receiver:
             )
         up.lines += chunk.count(b"\n")
         self._last = chunk[-1:]
-        if up.lines > self.max_lines:
+        self._check_lines()
+        assert self.out is not None
+        self.out.write(chunk)
+
+    def _check_lines(self) -> None:
+        if self.upload.lines > self.max_lines:
             raise PayloadTooLarge(
                 f"the file has more than {self.max_lines} lines, the limit per file "
                 "(GENQUEUE_API_MAX_FILE_LINES); split it into several files"
             )
-        assert self.out is not None
-        self.out.write(chunk)
 
     def _end(self) -> None:
         if self._is_file:
             if self.upload.size and self._last != b"\n":
                 self.upload.lines += 1  # a last line without its newline
-                if self.upload.lines > self.max_lines:
-                    raise PayloadTooLarge(
-                        f"the file has more than {self.max_lines} lines, the limit per file "
-                        "(GENQUEUE_API_MAX_FILE_LINES); split it into several files"
-                    )
+                self._check_lines()
             self._is_file = False
         elif self._name is not None:
             self.upload.fields[self._name] = self._value.decode(errors="replace")

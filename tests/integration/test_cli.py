@@ -44,6 +44,17 @@ def gq(
     return proc
 
 
+def damaged_copy(model_dir: Path, tmp_path: Path, weights: bytes) -> Path:
+    """`model_dir`'s config and tokenizer with unreadable weights: it passes the checks
+    made before any work and fails in the worker that loads it."""
+    bad = tmp_path / "damaged"
+    bad.mkdir()
+    for f in model_dir.glob("*.json"):
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(weights)
+    return bad
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -124,11 +135,7 @@ def test_run_with_a_model_that_cannot_load_says_why_at_once(
 ) -> None:
     """Weights that pass the up-front checks but cannot be read: the worker exits with
     its reason, and the run stops with it instead of restarting the worker forever."""
-    bad = tmp_path / "damaged"
-    bad.mkdir()
-    for f in tiny_gpt2_dir.glob("*.json"):
-        (bad / f.name).write_bytes(f.read_bytes())
-    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    bad = damaged_copy(tiny_gpt2_dir, tmp_path, b"not a safetensors file")
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hello"}, {"prompt": "world"}])
     t0 = time.monotonic()
     proc = gq(
@@ -309,11 +316,7 @@ def test_submit_to_postgres_with_two_worker_processes(
 def test_a_worker_whose_model_cannot_load_stops_with_the_reason(
     services: dict[str, str], tiny_gpt2_dir: Path, tmp_path: Path
 ) -> None:
-    bad = tmp_path / "damaged"
-    bad.mkdir()
-    for f in tiny_gpt2_dir.glob("*.json"):
-        (bad / f.name).write_bytes(f.read_bytes())
-    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    bad = damaged_copy(tiny_gpt2_dir, tmp_path, b"\x00" * 64)
     gq("db", "upgrade", env=services)
     t0 = time.monotonic()
     proc = gq(
