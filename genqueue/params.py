@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from genqueue import postprocess
+from genqueue.errors import type_name
 from genqueue.grammar import CONSTRAINT_FIELDS, GrammarError, grammar_for
 
 #: Hard ceiling for max_new_tokens when the model's own limit is unknown at submission.
@@ -123,11 +124,25 @@ class GenerationParams(BaseModel):
         mode="before",
     )
     @classmethod
-    def _not_boolean(cls, value: Any) -> Any:
-        # pydantic's lax mode reads true as 1: `"max_new_tokens": true` would silently
-        # generate one token. A boolean for a number is always a mistake in the input.
+    def _a_number(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1 and "5" as 5: `"max_new_tokens": true`
+        # would silently generate one token. A boolean or a string for a number is
+        # always a mistake in the input (JSON has numbers), so it is refused by name.
         if isinstance(value, bool):
             raise ValueError("expected a number, got a boolean")
+        if isinstance(value, str):
+            raise ValueError("expected a number, got a string")
+        return value
+
+    @field_validator(
+        "do_sample", "early_stopping", "json_object", "logprobs", "score_choices", mode="before"
+    )
+    @classmethod
+    def _a_boolean(cls, value: Any) -> Any:
+        # Lax mode would read "false" or "no" as false and 1 as true; a switch is
+        # given as JSON true or false.
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got a {type_name(value)}")
         return value
 
     @field_validator("postprocess", mode="before")

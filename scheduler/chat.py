@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from genqueue.errors import type_name
 from genqueue.scheduler.errors import RecordError
-from genqueue.scheduler.readers.checks import type_name
 
 #: Roles a message may have. OpenAI's "developer" role is a system message.
 ROLES = ("system", "user", "assistant")

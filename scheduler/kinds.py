@@ -18,9 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from genqueue.errors import type_name
 from genqueue.params import GenerationParams, describe_validation_error
 from genqueue.scheduler.errors import RecordError, SpecError
-from genqueue.scheduler.readers.checks import load_json, type_name, value_problem
+from genqueue.scheduler.readers.checks import load_json, value_problem
 from genqueue.settings import InputLimits
 
 #: Job kinds. "chat" records carry a conversation (`messages`) instead of prompt fields.

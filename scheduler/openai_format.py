@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from genqueue.errors import type_name
 from genqueue.resultline import ResultLine
 from genqueue.scheduler.chat import Message, flatten, record_messages
 from genqueue.scheduler.errors import RecordError
-from genqueue.scheduler.readers.checks import type_name
 
 #: The endpoints a line may name, and the kind each becomes.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "generate"}

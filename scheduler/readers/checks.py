@@ -168,22 +168,3 @@ def too_many_values(count: int, limits: InputLimits, *, what: str = "values") ->
         f"the record holds more than {limits.max_record_values:,} {what} ({count:,} "
         "separators); at most that many are allowed (GENQUEUE_MAX_RECORD_VALUES)"
     )
-
-
-def type_name(value: Any) -> str:
-    """JSON's name for a value's type: users write JSON, CSV or Parquet, not Python."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, bytes | bytearray):
-        return "binary"
-    return type(value).__name__

@@ -10,13 +10,13 @@ import codecs
 import json
 from typing import IO, Any
 
+from genqueue.errors import type_name
 from genqueue.scheduler.errors import InputFormatError, LineProblem
 from genqueue.scheduler.readers.checks import (
     load_json,
     record_problem,
     record_too_large,
     too_many_values,
-    type_name,
 )
 from genqueue.scheduler.readers.source import READ_CHUNK, InputTooLarge, Records
 from genqueue.settings import InputLimits

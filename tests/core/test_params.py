@@ -45,7 +45,7 @@ def test_defaults_are_valid_and_greedy() -> None:
         ({"max_new_tokens": "many"}, "(got 'many'; allowed: 1 <= max_new_tokens <= 32768)"),
         ({"stop": "###"}, "stop: expected a list of strings (got '###')"),
         ({"stop": [str(i) for i in range(17)]}, "stop: Tuple should have at most 16 items"),
-        ({"do_sample": "maybe"}, "do_sample: Input should be a valid boolean"),
+        ({"do_sample": "maybe"}, "do_sample: expected true or false, got a string"),
     ],
 )
 def test_out_of_range_params_name_field_and_range(params: dict[str, Any], expected: str) -> None:
@@ -64,9 +64,26 @@ def test_booleans_are_not_numbers(name: str) -> None:
     assert f"{name}: expected a number, got a boolean" in describe(**{name: True})
 
 
-def test_numeric_strings_are_still_accepted() -> None:
-    # Command lines and CSV cells carry numbers as text.
-    assert GenerationParams(temperature="0.5", max_new_tokens="12").max_new_tokens == 12
+@pytest.mark.parametrize("name", ["max_new_tokens", "temperature", "top_k", "seed"])
+def test_strings_are_not_numbers(name: str) -> None:
+    # Lax pydantic would read "5" as 5: JSON input carries numbers as numbers, and a
+    # quoted one is a mistake in the generating script worth reporting.
+    assert f"{name}: expected a number, got a string (got '5'" in describe(**{name: "5"})
+
+
+@pytest.mark.parametrize("value", ["false", "yes", 1, 0, None])
+@pytest.mark.parametrize("name", ["do_sample", "logprobs", "json_object", "early_stopping"])
+def test_switches_take_only_true_or_false(name: str, value: Any) -> None:
+    # Lax pydantic would read "false" as false and 1 as true.
+    kind = {str: "string", int: "number", type(None): "null"}[type(value)]
+    assert f"{name}: expected true or false, got a {kind}" in describe(**{name: value})
+
+
+def test_real_numbers_and_switches_are_accepted() -> None:
+    params = GenerationParams.model_validate(
+        {"temperature": 0.5, "max_new_tokens": 12, "top_p": 1, "do_sample": True}
+    )
+    assert (params.max_new_tokens, params.temperature, params.do_sample) == (12, 0.5, True)
 
 
 def test_cross_field_errors_name_both_fields_without_dumping_the_input() -> None:

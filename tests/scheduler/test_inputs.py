@@ -122,6 +122,8 @@ def test_custom_id_rules(tmp_path: Path) -> None:
         ),
         ({"temprature": 0.5}, "temprature: unknown parameter (allowed: max_new_tokens, "),
         ({"max_new_tokens": True}, "max_new_tokens: expected a number, got a boolean"),
+        ({"max_new_tokens": "5"}, "max_new_tokens: expected a number, got a string"),
+        ({"do_sample": "false"}, "do_sample: expected true or false, got a string"),
     ],
 )
 def test_per_item_params_errors_name_field_and_range(
@@ -143,18 +145,19 @@ def test_per_item_params_are_checked_against_the_job_params(tmp_path: Path) -> N
     }
 
 
-def test_valid_params_keep_only_the_keys_set_and_are_coerced(tmp_path: Path) -> None:
+def test_valid_params_keep_only_the_keys_set_in_their_field_types(tmp_path: Path) -> None:
     data = jsonl(
-        {"prompt": "p", "params": {"temperature": "0.5", "stop": ["\n"], "do_sample": True}},
+        {"prompt": "p", "params": {"temperature": 1, "stop": ["\n"], "do_sample": True}},
         {"prompt": "p", "params": {}},
         {"prompt": "p", "params": None},
     )
     result = good(items(write(tmp_path, "in.jsonl", data)))
     assert [r.params for r in result] == [
-        {"temperature": 0.5, "stop": ["\n"], "do_sample": True},
+        {"temperature": 1.0, "stop": ["\n"], "do_sample": True},
         None,
         None,
     ]
+    assert isinstance(result[0].params["temperature"], float)
 
 
 def test_params_must_be_an_object_in_jsonl(tmp_path: Path) -> None:
