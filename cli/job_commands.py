@@ -76,48 +76,115 @@ def run(
     # Only what checks the options and starts the fork server is imported before it
     # starts; SQLAlchemy and the rest load while it imports torch.
     from genqueue.protocol import cache_dir, resolve_model_ref
-    from genqueue.scheduler.targets import check_targets, export_format
-    from genqueue.worker.supervisor import Supervisor, WorkerSpec, visible_gpus
 
     started = time.monotonic()
     kwargs = job.submit_kwargs()
-    state = state_dir or cache_dir() / "embedded"
     target = output or default_output(input)
-    # A bad -o fails now, before anything starts.
+    _check_output(target, results_format, errors)
+    model = resolve_model_ref(kwargs["model"]) if kwargs["model"] else None
+    final = _run_here(
+        state_dir or cache_dir() / "embedded",
+        lambda gq: gq.submit(open_input(input), **kwargs),
+        LocalWorkers(
+            workers,
+            worker_options,
+            revision=kwargs["revision"],
+            trust_remote_code=kwargs["trust_remote_code"],
+            first_model=model,
+        ),
+        target=target,
+        results_format=results_format,
+        errors=errors,
+        json_out=json_out,
+        started=started,
+    )
+    if final["state"] not in ("completed", "completed_with_errors"):
+        raise typer.Exit(1)
+
+
+def _check_output(target: str, results_format: str | None, errors: str | None) -> None:
+    """A bad -o / --errors fails now, before anything starts."""
+    from genqueue.scheduler.targets import check_targets, export_format
+
     fmt = export_format(target, results_format, flag="--results-format")
     if fmt != "openai" and errors is not None:
         raise OptionError("--errors goes with --results-format openai")
     check_targets(target, errors)
-    config = settings()
-    gpus = visible_gpus() if worker_options.get("device") != "cpu" else []
-    n = workers or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
-    serving: dict[str, Any] = {}
 
-    def worker_spec(model: str, models: list[str]) -> WorkerSpec:
-        """The workers for `model`, the processes split evenly between the job's models."""
-        per_model = max(1, n // len(models))
-        threads = worker_options.get("threads") or (
+
+class LocalWorkers:
+    """The worker processes a run on this machine starts: `count` in all (0: one per
+    GPU, or per 1-2 CPU cores), split evenly between the job's models."""
+
+    def __init__(
+        self,
+        count: int,
+        options: dict[str, Any],
+        *,
+        revision: str | None,
+        trust_remote_code: bool,
+        first_model: str | None,
+    ) -> None:
+        from genqueue.worker.supervisor import visible_gpus
+
+        gpus = visible_gpus() if options.get("device") != "cpu" else []
+        self.count = count or max(1, len(gpus) if gpus else min(4, os.cpu_count() or 1))
+        self.options = options
+        self.revision = revision
+        self.trust_remote_code = trust_remote_code
+        #: The model known before the job exists, whose workers start first.
+        self.first_model = first_model
+
+    def spec(self, model: str, models: list[str], log_dir: Path) -> Any:
+        """The workers for `model`, one of the job's `models`."""
+        from genqueue.worker.supervisor import WorkerSpec
+
+        per_model = max(1, self.count // len(models))
+        threads = self.options.get("threads") or (
             max(1, (os.cpu_count() or 1) // (per_model * len(models))) if len(models) > 1 else 0
         )
         return WorkerSpec(
             options=WorkerOptions(
                 model=model,
-                revision=kwargs["revision"],
-                trust_remote_code=kwargs["trust_remote_code"],
-                **{**worker_options, "threads": threads},
+                revision=self.revision,
+                trust_remote_code=self.trust_remote_code,
+                **{**self.options, "threads": threads},
             ),
             processes=per_model,
-            log_dir=str(state / "logs" / str(len(serving))),
-            fork_server=config.fork_server,
+            log_dir=str(log_dir),
+            fork_server=settings().fork_server,
         )
 
-    # --model names the job's only model: its fork server (if its workers are forked)
+
+def _run_here(
+    state: Path,
+    begin: Any,
+    workers: LocalWorkers,
+    *,
+    target: str,
+    results_format: str | None,
+    errors: str | None,
+    json_out: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Run a job on this machine, on embedded Redis + the state dir's database + local
+    workers: `begin(client)` submits it (or queues a job's items again) and returns its
+    id. Follows it to the end, writes every line to `target` and returns its status."""
+    from genqueue.worker.supervisor import Supervisor
+
+    config = settings()
+    serving: dict[str, Any] = {}
+
+    def log_dir() -> Path:
+        return state / "logs" / str(len(serving))
+
+    # A model known before the job exists: its fork server (if its workers are forked)
     # imports torch, transformers and the model's classes while the embedded Redis and
     # database start; the workers it forks load the model while the input is stored.
     early: Supervisor | None = None
-    if kwargs["model"]:
-        first = resolve_model_ref(kwargs["model"])
-        early = Supervisor(worker_spec(first, [first]))
+    if workers.first_model:
+        first = workers.first_model
+        early = Supervisor(workers.spec(first, [first], log_dir()))
         early.prepare()
     try:
         from genqueue.cli.embedded import EmbeddedStack
@@ -138,14 +205,14 @@ def run(
                     continue
                 mine = early is not None and early.spec.options.model == model
                 serving[model] = stack.start_workers(
-                    worker_spec(model, models), early if mine else None
+                    workers.spec(model, models, log_dir()), early if mine else None
                 )
 
-        if kwargs["model"]:
+        if workers.first_model:
             # The workers load the model while this process validates and stores the input.
-            start_workers([resolve_model_ref(kwargs["model"])])
+            start_workers([workers.first_model])
         gq = Client(settings=stack.settings)
-        job_id = gq.submit(open_input(input), **kwargs)
+        job_id = begin(gq)
         st = gq.status(job_id)
         models = list(dict.fromkeys(st["models"] if "models" in st else [st["model"]]))
         start_workers(models)
@@ -196,10 +263,9 @@ def run(
             err.print(summary(final, elapsed))
             err.print(f"results: [bold]{target}[/] ({n_lines} lines)")
         gq.close()
+        return final
     finally:
         stack.close()
-    if final["state"] not in ("completed", "completed_with_errors"):
-        raise typer.Exit(1)
 
 
 #: How long an interrupted `genqueue run` waits for its running micro-batches.
@@ -397,7 +463,21 @@ def cancel(
         err.print(f"job {job_id}: " + ("cancel requested" if changed else "already finished"))
 
 
+#: `genqueue retry --local`'s worker options, each unset by default: the job's own
+#: choices (the engine that ran it) apply then.
+_RETRY_WORKERS = OptionGroup(
+    model_params(
+        WorkerOptions,
+        exclude=("model", "revision", "trust_remote_code"),
+        panel="Workers (with --local)",
+        optional=True,
+    ),
+    dict,
+)
+
+
 @app.command()
+@with_options(worker_options=_RETRY_WORKERS)
 def retry(
     job_id: str,
     status: Annotated[
@@ -405,15 +485,64 @@ def retry(
         typer.Option(help="Only items in this status (repeatable): failed, cancelled, expired"),
     ] = None,
     deadline: Annotated[str | None, typer.Option(help="A new completion window (30m, 24h)")] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Run the items here, as `genqueue run` does (embedded Redis, the state "
+            "dir's database, local workers), then write every line to -o",
+        ),
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="With --local: the results file; default: next to the input"
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="With --local: worker processes (0 = as genqueue run)", min=0)
+    ] = 0,
+    results_format: Annotated[
+        str | None, typer.Option(help="With --local: as genqueue run's --results-format")
+    ] = None,
+    errors: Annotated[
+        str | None,
+        typer.Option(help="With --local and --results-format openai: failed lines' file"),
+    ] = None,
     database_url: DbOpt = None,
     broker_url: BrokerOpt = None,
+    state_dir: StateOpt = None,
     json_out: JsonOpt = False,
+    *,
+    worker_options: dict[str, Any],
 ) -> None:
     """Re-run a finished job's failed/cancelled/expired items, keeping its successes."""
-    gq = client(database_url, broker_url)
-    n = gq.retry(
-        job_id, statuses=tuple(status) if status else None, deadline=parse_deadline(deadline)
-    )
+    statuses = tuple(status) if status else None
+    when = parse_deadline(deadline)
+    if local:
+        _retry_here(
+            job_id,
+            statuses,
+            when,
+            database_url=database_url,
+            broker_url=broker_url,
+            state_dir=state_dir,
+            target=output,
+            workers=workers,
+            results_format=results_format,
+            errors=errors,
+            worker_options={k: v for k, v in worker_options.items() if v is not None},
+            json_out=json_out,
+        )
+        return
+    given: dict[str, Any] = {"-o": output, "--results-format": results_format, "--errors": errors}
+    given |= {"--workers": workers or None}
+    given |= {f"--{k.replace('_', '-')}": v for k, v in worker_options.items()}
+    stray = [flag for flag, value in given.items() if value is not None]
+    if stray:
+        raise OptionError(f"{', '.join(stray)} go(es) with --local (run the items here)")
+    gq = client(database_url, broker_url, state_dir=state_dir)
+    n = gq.retry(job_id, statuses=statuses, deadline=when)
     if json_out:
         out.print_json(data={"job_id": job_id, "requeued": n})
     else:
@@ -421,5 +550,83 @@ def retry(
         if n and not gq.settings.broker_url:
             err.print(
                 "[yellow]no broker is configured (--broker-url, GENQUEUE_BROKER_URL): the items "
-                "run once a deployment's scheduler sends them to its workers[/]"
+                "run once a deployment's scheduler sends them to its workers; to run them "
+                "here, use --local[/]"
             )
+
+
+def _retry_here(
+    job_id: str,
+    statuses: tuple[str, ...] | None,
+    deadline: Any,
+    *,
+    database_url: str | None,
+    broker_url: str | None,
+    state_dir: Path | None,
+    target: str | None,
+    workers: int,
+    results_format: str | None,
+    errors: str | None,
+    worker_options: dict[str, Any],
+    json_out: bool,
+) -> None:
+    """`genqueue retry --local`: the job's items queued again and run on this machine, on
+    the database of `genqueue run` (the state dir), then every line written to `target`."""
+    from genqueue.protocol import cache_dir, queue_revision
+    from genqueue.scheduler.exports import job_rows
+    from genqueue.storage.models import FINAL_JOB_STATES
+    from genqueue.storage.retry import RETRYABLE
+
+    if database_url or broker_url:
+        raise OptionError(
+            "--local runs on the embedded database of `genqueue run` (--state-dir); "
+            "a deployment's job is retried without --local and runs on its workers"
+        )
+    started = time.monotonic()
+    state = state_dir or cache_dir() / "embedded"
+    with client(None, None, dispatch=False, state_dir=state) as gq:
+        st = gq.status(job_id)
+        jobs = job_rows(gq.store, job_id)
+    finished = st["state"] in FINAL_JOB_STATES
+    wanted = statuses or RETRYABLE
+    if finished and not sum(st["counts"].get(name, 0) for name in wanted):
+        message = f"job {job_id}: no {' or '.join(wanted)} items to run again"
+        if json_out:
+            out.print_json(data={"job_id": job_id, "requeued": 0})
+        else:
+            err.print(message)
+        return
+    target = target or default_output(st.get("input") or "-")
+    _check_output(target, results_format, errors)
+    first = jobs[0]
+    options = dict(worker_options)
+    if first.engine and "engine" not in options:
+        options["engine"] = first.engine  # the engine that ran it, unless told otherwise
+    if not finished and not json_out:
+        # Its items were queued again (or it was never run to its end) here, and no
+        # worker runs them: they run now.
+        err.print(f"job {job_id} is {st['state']}: running its unfinished items")
+
+    def begin(gq: Any) -> str:
+        if finished:
+            gq.retry(job_id, statuses=statuses, deadline=deadline)
+        return job_id
+
+    final = _run_here(
+        state,
+        begin,
+        LocalWorkers(
+            workers,
+            options,
+            revision=queue_revision(first.model, first.queue, first.revision),
+            trust_remote_code=bool((first.options or {}).get("trust_remote_code")),
+            first_model=first.model if len(jobs) == 1 else None,
+        ),
+        target=target,
+        results_format=results_format,
+        errors=errors,
+        json_out=json_out,
+        started=started,
+    )
+    if final["state"] not in ("completed", "completed_with_errors"):
+        raise typer.Exit(1)

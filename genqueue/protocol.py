@@ -50,6 +50,14 @@ def queue_for(model_ref: str, revision: str | None = None) -> str:
     return f"genqueue.{slug}.{digest}"
 
 
+def queue_revision(model_ref: str, queue: str, revision: str | None) -> str | None:
+    """The revision a worker names to serve `queue`: `revision` when the queue was made
+    with it, else None. A job that named no revision keeps its queue, while its stored
+    revision becomes what its first worker loaded; naming that one would start a worker
+    on another queue."""
+    return revision if revision and queue_for(model_ref, revision) == queue else None
+
+
 def local_model_problem(path: Path) -> str | None:
     """Why `path` cannot load as a local model, or None. genqueue loads safetensors only
     (pickled weights can run code); checked at submission and again by the worker."""

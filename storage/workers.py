@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, func, select, update
 
+from genqueue.protocol import queue_revision
 from genqueue.storage.db import Store, aware, utcnow
 from genqueue.storage.models import (
     LIVE_JOB_STATES,
@@ -209,7 +210,9 @@ def queue_depths(
         ).all()
     live = {queue: int(n) for queue, _, n in served}
     out = [
-        QueueDepth(queue, model, revision, int(w), int(r), live.get(queue, 0))
+        QueueDepth(
+            queue, model, queue_revision(model, queue, revision), int(w), int(r), live.get(queue, 0)
+        )
         for queue, model, revision, w, r in rows
     ]
     # Queues that live workers serve but nothing waits on: depth 0.
@@ -248,7 +251,7 @@ def unserved_jobs(store: Store, job_ids: list[str], *, within_seconds: float) ->
         Unserved(
             j.id,
             j.model,
-            j.revision,
+            queue_revision(j.model, j.queue, j.revision),
             j.engine,
             bool((j.options or {}).get("trust_remote_code")),
         )

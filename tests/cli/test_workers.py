@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from genqueue.cli import app
 from genqueue.cli.app import err as cli_err
 from genqueue.cli.app import out as cli_out
+from genqueue.protocol import queue_for
 from genqueue.storage import leases, workers
 from genqueue.storage.claims import Claim
 from genqueue.storage.db import open_store, utcnow
@@ -27,7 +28,14 @@ def test_workers_and_the_status_warning(tmp_path: Path, monkeypatch: pytest.Monk
     url = f"sqlite:///{tmp_path / 'gq.db'}"
     store = open_store(url)
     served = make_job(store, 6, 3, model="/m/served", queue="q-served")
-    waiting = make_job(store, 4, 4, model="/m/alone", revision="v2", queue="q-alone")
+    waiting = make_job(
+        store, 4, 4, model="/m/alone", revision="v2", queue=queue_for("/m/alone", "v2")
+    )
+    # A job that named no revision: its stored one is what its first worker loaded, and a
+    # worker started with that would serve another queue, so the command names none.
+    loaded = make_job(
+        store, 2, 2, model="/m/local", revision="local-abc", queue=queue_for("/m/local")
+    )
     workers.beat(store, "gq-7@box1", queue="q-served", model="/m/served", engine="hf")
     workers.beat(store, "gq-8@box2", queue="q-served", model="/m/served", engine="hf")
     with store.session() as s:
@@ -59,7 +67,8 @@ def test_workers_and_the_status_warning(tmp_path: Path, monkeypatch: pytest.Monk
     assert w["items_per_second"] > 0 and w["heartbeat_age_s"] < 30
     queues = {q["queue"]: q for q in data["queues"]}
     assert queues["q-served"]["start"] is None and queues["q-served"]["live_workers"] == 1
-    assert queues["q-alone"]["start"] == "genqueue worker --model /m/alone --revision v2"
+    assert queues[waiting.queue]["start"] == "genqueue worker --model /m/alone --revision v2"
+    assert queues[loaded.queue]["start"] == "genqueue worker --model /m/local"
 
     result = runner.invoke(app, ["workers", "--all"], env=env)
     assert result.exit_code == 0, result.output
@@ -71,5 +80,8 @@ def test_workers_and_the_status_warning(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.exit_code == 0, result.output
     assert f"no live worker serves the model of job {waiting.id}" in result.stderr
     assert "genqueue worker --model /m/alone --revision v2" in result.stderr
+    result = runner.invoke(app, ["status", loaded.id], env=env)
+    assert result.exit_code == 0, result.output
+    assert "genqueue worker --model /m/local\n" in result.stderr.replace(" \n", "\n")
     result = runner.invoke(app, ["status", served.id], env=env)
     assert result.exit_code == 0 and "no live worker" not in result.stderr

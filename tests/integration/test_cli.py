@@ -219,6 +219,21 @@ def test_an_interrupted_run_writes_what_the_database_holds(
     assert st["state"] == "cancelled"
     assert st["counts"]["succeeded"] == statuses.count("succeeded")
     assert st["counts"]["cancelled"] == statuses.count("cancelled")
+    kept = {ln["index"]: ln["output"] for ln in lines if ln["status"] == "succeeded"}
+
+    # The cancelled items run again here, and the file then holds every line.
+    retry = ["retry", job_id, "--state-dir", str(state), "-o", str(tmp_path / "o.jsonl")]
+    stray = gq(*retry, check=False)
+    assert stray.returncode == 2 and "-o go(es) with --local" in stray.stderr
+    again = gq(*retry, "--local", "--workers", "1")
+    assert "200 succeeded, 0 failed of 200" in again.stderr, again.stderr
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [ln["status"] for ln in lines] == ["succeeded"] * 200
+    assert all(lines[i]["output"] == text for i, text in kept.items())
+    st = json.loads(gq("status", job_id, "--json", "--state-dir", str(state)).stdout)
+    assert st["state"] == "completed" and st["counts"]["succeeded"] == 200
+    nothing = gq(*retry, "--local")
+    assert "no failed or cancelled or expired items to run again" in nothing.stderr
 
 
 def _results(db: Path) -> int:
