@@ -11,7 +11,16 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from genqueue.api import dashboard, errors, jobs, metrics, models, openai_batches, openai_files
+from genqueue.api import (
+    dashboard,
+    errors,
+    jobs,
+    metrics,
+    models,
+    openai_batches,
+    openai_files,
+    uploads,
+)
 from genqueue.api.deps import ApiContext
 from genqueue.protocol import cache_dir
 from genqueue.scheduler.dispatch import Dispatcher
@@ -67,6 +76,7 @@ def create_app(
     )
     app.state.genqueue = ctx
     errors.install(app)
+    app.add_middleware(uploads.CapBodies)
     for module in (openai_files, openai_batches, models, jobs):
         app.include_router(module.router)
     app.include_router(metrics.router)  # /metrics (see api/metrics.py)

@@ -239,6 +239,28 @@ class AnswerUnexpected:
             await _unexpected_response()(scope, receive, send)
 
 
+def _problem(error: Any) -> dict[str, str]:
+    """One request-validation problem in the body's terms: the field it is about ("" for
+    the body as a whole) and what is wrong."""
+    loc = tuple(error.get("loc", ()))
+    where = loc[0] if loc else None
+    if error["type"] == "json_invalid":
+        # FastAPI's location is a character offset into the body, not a field.
+        reason = (error.get("ctx") or {}).get("error", "")
+        return {"field": "", "message": f"the body is not valid JSON ({reason or 'unreadable'})"}
+    field = ".".join(str(p) for p in loc if p != "body")
+    if where == "body" and not field:
+        if error["type"] == "missing":
+            return {"field": "", "message": "the request needs a JSON object as its body"}
+        if error["type"] in ("model_attributes_type", "dict_type"):
+            return {
+                "field": "",
+                "message": "the body must be a JSON object (Content-Type: application/json), "
+                "not a form or a JSON array",
+            }
+    return {"field": field, "message": error["msg"]}
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers: genqueue errors, request validation, HTTP errors and a
     catch-all that logs the traceback and answers a generic 500 (AnswerUnexpected); and
@@ -252,15 +274,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {
-                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-                "message": e["msg"],
-            }
-            for e in exc.errors()
-        ]
-        text = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:10])
-        param = problems[0]["field"] if problems else None
+        problems = [_problem(e) for e in exc.errors()]
+        text = "; ".join(
+            f"{p['field']}: {p['message']}" if p["field"] else p["message"] for p in problems[:10]
+        )
+        param = (problems[0]["field"] or None) if problems else None
         return _body(
             400, "invalid_request", f"invalid request: {text}", details=problems, param=param
         )

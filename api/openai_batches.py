@@ -108,7 +108,7 @@ def create_batch(ctx: Ctx, caller: Caller, body: BatchCreate, key: IdempotencyKe
     if key:
         existing = batches.find_by_key(ctx.store, key)
         if existing is not None:
-            check_repeat(key, "batch", existing.id, existing.options, digest)
+            check_repeat("batch", existing.id, existing.options, digest)
             return render(ctx, existing)
     hook = webhook_url(
         ctx,

@@ -98,6 +98,10 @@ async def create_file(
         if upload.path is None:
             raise BadRequest("the form has no `file` field (the file to upload)", param="file")
         purpose = upload.fields.get("purpose")
+        if purpose is None:
+            raise BadRequest(
+                f"the form has no `purpose` field; give purpose={PURPOSES[0]}", param="purpose"
+            )
         if purpose not in PURPOSES:
             raise BadRequest(
                 f"purpose: {purpose!r} is not served; use {', '.join(PURPOSES)}", param="purpose"

@@ -18,7 +18,7 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from genqueue.api.errors import BadRequest, PayloadTooLarge
+from genqueue.api.errors import BadRequest, PayloadTooLarge, error_response
 from genqueue.scheduler.readers.checks import load_json
 from genqueue.settings import InputLimits
 
@@ -29,6 +29,57 @@ MAX_FIELD_BYTES = 1 << 20
 MAX_JSON_BYTES = 64 << 20
 #: Room for the multipart framing and small fields on top of the file itself.
 FRAMING_SLACK = 2 << 20
+#: Any other request's body (a batch to create, a retry, a login form) is at most this
+#: long: those bodies are a few fields, and FastAPI holds them in memory whole.
+MAX_CONTROL_BYTES = 1 << 20
+#: The routes that take inputs, each with its own streaming cap (`receive`, `read_json`).
+INPUT_ROUTES = frozenset({("POST", "/v1/files"), ("POST", "/v1/jobs")})
+
+
+class CapBodies:
+    """ASGI middleware: a request body to any route but INPUT_ROUTES is refused (413)
+    past MAX_CONTROL_BYTES: at once from Content-Length, else as it streams in, before
+    the route's parser has held more than that in memory."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        route = (scope.get("method"), str(scope.get("path", "")).rstrip("/"))
+        if scope["type"] != "http" or route in INPUT_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        refusal = error_response(
+            PayloadTooLarge(
+                f"the request body is over {MAX_CONTROL_BYTES} bytes, the most "
+                f"{route[0]} {route[1]} takes; only POST /v1/files and POST /v1/jobs "
+                "carry inputs"
+            )
+        )
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_CONTROL_BYTES:
+            await refusal(scope, receive, send)
+            return
+        seen = 0
+        answered = False
+
+        async def counted() -> Any:
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_CONTROL_BYTES and not answered:
+                    answered = True
+                    await refusal(scope, receive, send)
+                    # The route sees the client gone, and whatever it answers is dropped.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_answered(message: Any) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, counted, unless_answered)
 
 
 @dataclass

@@ -199,13 +199,13 @@ def _spec_digest(spec: JobSpec, name: str) -> str:
     )
 
 
-def check_repeat(key: str | None, what: str, made_id: str, options: Any, digest: str) -> None:
-    """Raise IdempotencyConflict when `key` made `made_id` for another request (its
+def check_repeat(what: str, made_id: str, options: Any, digest: str) -> None:
+    """Raise IdempotencyConflict when a key made `made_id` for another request (its
     stored digest differs; rows stored before digests were kept pass)."""
     stored = (options or {}).get("request_digest")
     if stored is not None and stored != digest:
         raise IdempotencyConflict(
-            f"idempotency key {key!r} was used for another request ({what} {made_id}, with "
+            f"this idempotency key was used for another request ({what} {made_id}, with "
             "other input or options); give a new request a new key"
         )
 
@@ -261,7 +261,10 @@ def submit_job(
             "each prompt as the user turn, or leave the system message out"
         )
     if spec.model is None:
-        raise SpecError("model: give the model to run (--model); only OpenAI lines name theirs")
+        raise SpecError(
+            'model: give the model to run (--model, or "model" in an API job spec); only '
+            "OpenAI lines name theirs"
+        )
     offered = _offered(spec, spec.model)
     if isinstance(offered, str):
         raise SpecError(f"model: {offered}")
@@ -281,9 +284,7 @@ def submit_job(
     )
     if isinstance(created, str):
         view = view_job(store, created)
-        check_repeat(
-            spec.idempotency_key, "job", created, view.job.options, _spec_digest(spec, name)
-        )
+        check_repeat("job", created, view.job.options, _spec_digest(spec, name))
         return Submitted(created, view.job.total_items, 0, False, (created,))
     loader = Loader(store, dispatcher, name=name, planning_window=spec.planning_window)
     target = loader.add_job(created, spec.sizing, _fit(spec, model_ref))
@@ -321,7 +322,7 @@ def _submit_batch(
         )
     if isinstance(batch, str):
         made = batches.get_batch(store, batch, None)
-        check_repeat(spec.idempotency_key, "batch", batch, made.options, _spec_digest(spec, name))
+        check_repeat("batch", batch, made.options, _spec_digest(spec, name))
         view = batches.view_batch(store, batch)
         ids = tuple(v.job.id for v in view.jobs)
         return Submitted(batch, view.counts.total, 0, False, ids)

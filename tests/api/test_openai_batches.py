@@ -204,6 +204,24 @@ def test_refused_requests_are_clear_400s(api_server: ApiServer) -> None:
     assert len(client.batches.list(limit=100).data) == before  # no batch was made
     with pytest.raises(openai.BadRequestError):
         client.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    # Bodies that are no JSON object are named as such, in body terms.
+    with api_server.http("alice") as http:
+        for kw, expected in (
+            ({}, "the request needs a JSON object as its body"),
+            (
+                {"content": b"{bad", "headers": {"Content-Type": "application/json"}},
+                "the body is not valid JSON (Expecting property name",
+            ),
+            ({"data": {"input_file_id": f.id}}, "the body must be a JSON object"),
+        ):
+            r = http.post("/v1/batches", **kw)
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["message"].startswith(f"invalid request: {expected}"), error
+            assert error["param"] is None
+        r = http.post("/v1/files", files={"file": ("x.jsonl", b"{}\n")})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
+        assert "the form has no `purpose` field; give purpose=batch" in r.text, r.text
 
 
 def test_idempotency_keys_create_once(api_server: ApiServer) -> None:
@@ -236,6 +254,9 @@ def test_idempotency_keys_create_once(api_server: ApiServer) -> None:
             extra_headers=key,
         )
     assert one.id in conflict.value.message and "new key" in conflict.value.message
+    # The message names no key: the stored one is scoped by tenant, which is no business
+    # of the caller's.
+    assert "- this idempotency key was used for another request" in conflict.value.message
     # Another tenant's same key is another key.
     other = api_server.openai("bob").files.create(
         file=("a.jsonl", text), purpose="batch", extra_headers=headers

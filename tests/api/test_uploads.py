@@ -116,3 +116,35 @@ def test_a_json_body_is_capped_and_read_with_the_input_bounds(api_server: ApiSer
         problems = r.json()["error"]["details"]["problems"]
         assert [p["line"] for p in problems] == [2] and "surrogate" in problems[0]["message"]
         assert http.get("/v1/jobs?limit=1").status_code == 200
+
+
+def test_a_control_body_over_its_cap_is_refused_without_growing_memory(
+    api_server: ApiServer,
+) -> None:
+    """POST /v1/batches and the retry route take a few fields: a body of many MB is a
+    413 as it streams in (chunked) or from its Content-Length, never parsed whole."""
+    from genqueue.api.uploads import MAX_CONTROL_BYTES
+
+    pad = b"x" * (1 << 20)
+
+    def big(total_mb: int) -> Iterator[bytes]:
+        yield b'{"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "metadata": {"a": "'
+        for _ in range(total_mb):
+            yield pad
+        yield b'"}}'
+
+    before = rss_mb(api_server.api_pid)
+    json_type = {"Content-Type": "application/json"}
+    with api_server.http("bob") as http:
+        r = http.post("/v1/batches", content=big(200), headers=json_type)
+        assert r.status_code == 413, r.text
+        message = r.json()["error"]["message"]
+        assert f"over {MAX_CONTROL_BYTES} bytes" in message and "POST /v1/batches" in message
+        body = b"".join(big(3))
+        r = http.post("/v1/jobs/nope/retry", content=body, headers=json_type)
+        assert r.status_code == 413 and "POST /v1/jobs/nope/retry" in r.text
+        # The connection still serves the next request, and a small body is read as before.
+        r = http.post("/v1/batches", json={"input_file_id": "file-x"})
+        assert r.status_code == 400 and "endpoint" in r.text, r.text
+    growth = rss_mb(api_server.api_pid) - before
+    assert growth < 50, growth
