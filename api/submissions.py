@@ -3,7 +3,6 @@ offered models), and an uploaded batch file's submission run off the event loop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -114,8 +113,12 @@ def submit_batch_file(
 
 
 def cancel_jobs(ctx: ApiContext, job_ids: list[str]) -> None:
-    """Cancel each job (one still being submitted is cancelled once it opens)."""
+    """Cancel each job (one still being submitted stops now and ends once it opens)."""
     for job_id in job_ids:
-        # A job still submitting is cancelled by submit_batch_file once it opens.
-        with contextlib.suppress(JobStateError):
+        try:
             lifecycle.request_cancel(ctx.store, job_id)
+        except JobStateError:
+            # Still submitting: its work stops now (no task of it starts; the windows
+            # stored from now on are not sent), and submit_batch_file ends it
+            # `cancelled` once the file is stored.
+            lifecycle.stop_job(ctx.store, job_id)

@@ -124,6 +124,11 @@ def create_job(store: Store, **fields: Any) -> Job | str:
     )
     try:
         with store.session() as s:
+            batch_id = fields.get("batch_id")
+            if batch_id and s.scalar(select(Batch.cancelling_at).where(Batch.id == batch_id)):
+                # A batch cancelled while its file is read: a job for a model met only
+                # now starts stopped, like the batch's other jobs (see stop_job).
+                job.cancel_requested = True
             s.add(job)
     except IntegrityError:
         # Another submitter with the same key won the race.

@@ -9,7 +9,7 @@ from sqlalchemy import delete, insert, select, update
 
 from genqueue.storage.db import Store
 from genqueue.storage.errors import JobStateError
-from genqueue.storage.models import Item, JobState, Result, ResultStatus, Task, TaskState
+from genqueue.storage.models import Batch, Item, JobState, Result, ResultStatus, Task, TaskState
 from genqueue.storage.status import get_job
 
 RETRYABLE = (ResultStatus.FAILED.value, ResultStatus.CANCELLED.value, ResultStatus.EXPIRED.value)
@@ -79,4 +79,8 @@ def retry_items(
         job.cancel_requested = False
         job.finished_at = None
         job.deadline_at = deadline_at
+        if job.batch_id is not None:
+            # A cancelled batch runs again: its cancel is over (its status shows
+            # in_progress, not cancelling, while the items run).
+            s.execute(update(Batch).where(Batch.id == job.batch_id).values(cancelling_at=None))
         return len(idxs)

@@ -104,3 +104,62 @@ def test_two_processes_ending_a_cancelled_job_at_once(store: Store) -> None:
         assert errors == []
         view = status.view_job(store, job.id)
         assert view.job.state == "cancelled" and view.counts.cancelled == 400
+
+
+def _api_batch(store: Store) -> str:
+    from genqueue.storage.models import Batch
+
+    batch = loading.create_batch(
+        store,
+        input_name="in.jsonl",
+        meta={},
+        options={},
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        phase="validating",
+    )
+    assert isinstance(batch, Batch)
+    return batch.id
+
+
+def test_a_batch_cancelled_while_its_file_is_read_runs_none_of_it(store: Store) -> None:
+    """Cancel during `validating`: the windows stored so far never start, those stored
+    later are never sent, a model met later starts stopped, and once the file is stored
+    every item ends `cancelled` (found as lines generated for 18 s after the cancel)."""
+    from genqueue.api.submissions import cancel_jobs
+    from genqueue.storage import batches, dispatch
+
+    batch_id = _api_batch(store)
+    job = new_job(store, chunk=2, batch_id=batch_id)
+    first = [loading.NewItem(idx=i, line=i + 1, custom_id=f"c{i}", prompt="p") for i in (0, 1)]
+    (stored,) = loading.add_chunk(store, job, first, [[0, 1]])
+
+    batches.mark_cancelling(store, batch_id)
+    cancel_jobs(type("Ctx", (), {"store": store})(), [job.id])  # what POST .../cancel does
+    refused = leases.claim_task(store, stored, "w", lease_seconds=30, max_attempts=3)
+    assert isinstance(refused, ClaimRefused)
+    later = [loading.NewItem(idx=i, line=i + 1, custom_id=f"c{i}", prompt="p") for i in (2, 3)]
+    loading.add_chunk(store, job, later, [[0, 1]])
+    assert dispatch.queued_tasks(store, job_id=job.id) == []
+    other = new_job(store, chunk=2, model="m2", queue="q2", batch_id=batch_id)
+    assert other.cancel_requested
+
+    loading.open_job(store, job.id, 4)
+    cancel_jobs(type("Ctx", (), {"store": store})(), [job.id])  # submit_batch_file's end
+    view = status.view_job(store, job.id)
+    assert view.job.state == "cancelled" and view.counts.cancelled == 4
+    assert [r.status for r in iter_results(store, job.id)] == ["cancelled"] * 4
+
+
+def test_retrying_a_cancelled_batch_ends_its_cancel(store: Store) -> None:
+    from genqueue.storage import batches, retry
+    from genqueue.storage.models import Batch
+
+    batch_id = _api_batch(store)
+    job = make_job(store, n=2, chunk=2, batch_id=batch_id)
+    batches.opened(store, batch_id)
+    batches.mark_cancelling(store, batch_id)
+    assert lifecycle.request_cancel(store, job.id)
+    assert retry.retry_items(store, job.id) == 2
+    with store.read() as s:
+        assert s.get(Batch, batch_id).cancelling_at is None  # in_progress again
