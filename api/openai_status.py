@@ -5,6 +5,7 @@ and the Batch object built from it.
 |---|---|
 | input being submitted (batch phase `validating`, or a job still `submitting`) | `validating` |
 | input refused (batch phase `failed`) | `failed`, with `errors.data[{code, message, line}]` |
+| cancelled while validating, whose reading then stopped (phase `cancelled`) | `cancelled` |
 | jobs `queued` / `running` | `in_progress` |
 | every item has its result, a job not yet final | `finalizing` |
 | cancel asked, jobs not yet final | `cancelling` |
@@ -19,7 +20,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from genqueue.durations import parse_duration
-from genqueue.storage.batches import FAILED, OPENAI_FINAL_STATUS, VALIDATING, BatchView
+from genqueue.storage.batches import (
+    CANCELLED,
+    FAILED,
+    OPENAI_FINAL_STATUS,
+    VALIDATING,
+    BatchView,
+)
 from genqueue.storage.db import as_utc
 from genqueue.storage.models import Batch, JobState
 from genqueue.storage.status import TokenUsage
@@ -34,6 +41,8 @@ def openai_status(batch: Batch, view: BatchView) -> str:
     """The OpenAI status of a batch (see the table above)."""
     if batch.phase == FAILED:
         return "failed"
+    if batch.phase == CANCELLED:
+        return "cancelled"
     state = view.state
     if state in _FINAL:
         return _FINAL[state]
@@ -106,7 +115,8 @@ def batch_object(batch: Batch, view: BatchView, usage: TokenUsage) -> dict[str, 
         "failed_at": _ts(batch.failed_at),
         "expired_at": _ts(ended) if status == "expired" else None,
         "cancelling_at": _ts(batch.cancelling_at),
-        "cancelled_at": _ts(ended) if status == "cancelled" else None,
+        # A batch cancelled before any job of it opened ended when it was cancelled.
+        "cancelled_at": _ts(ended or batch.cancelling_at) if status == "cancelled" else None,
         "request_counts": {
             "total": counts.total,
             "completed": counts.succeeded,

@@ -113,8 +113,9 @@ def delete_batch(store: Store, batch_id: str) -> None:
 
 # -- batches created through the OpenAI-compatible API --------------------------------
 
-#: Batch phases before its jobs decide its state (Batch.phase).
-VALIDATING, FAILED = "validating", "failed"
+#: Batch phases before its jobs decide its state (Batch.phase). CANCELLED: cancelled
+#: while its file was read, and that reading stopped before any job of it opened.
+VALIDATING, FAILED, CANCELLED = "validating", "failed", "cancelled"
 
 
 def get_batch(store: Store, batch_id: str, tenant: str | None) -> Batch:
@@ -182,16 +183,26 @@ def find_by_key(store: Store, key: str) -> Batch | None:
 def fail_abandoned(store: Store, *, created_before: datetime) -> list[str]:
     """API batches still validating with no job left, created before `created_before`:
     the process reading their file died (its half-loaded jobs were removed as
-    abandoned). They fail, saying so; returns their ids."""
+    abandoned). They fail, saying so, or end `cancelled` when a cancel was asked for
+    meanwhile (nothing of them ran); returns their ids."""
+    from genqueue.storage.webhooks import batch_failed  # (it imports this module)
+
     with store.session() as s:
         has_jobs = select(Job.id).where(Job.batch_id == Batch.id).exists()
-        ids = list(
-            s.scalars(
-                select(Batch.id).where(
-                    Batch.phase == VALIDATING, Batch.created_at < created_before, ~has_jobs
-                )
+        rows = s.execute(
+            select(Batch.id, Batch.cancelling_at).where(
+                Batch.phase == VALIDATING, Batch.created_at < created_before, ~has_jobs
             )
-        )
+        ).all()
+        ids = [r.id for r in rows if r.cancelling_at is None]
+        cancelled = [r.id for r in rows if r.cancelling_at is not None]
+        if cancelled:
+            s.execute(
+                update(Batch)
+                .where(Batch.id.in_(cancelled), Batch.phase == VALIDATING)
+                .values(phase=CANCELLED)
+            )
+            batch_failed(s, cancelled, event="batch.cancelled")
         if ids:
             message = (
                 "the server stopped while reading the input file; nothing of it was queued. "
@@ -203,10 +214,8 @@ def fail_abandoned(store: Store, *, created_before: datetime) -> list[str]:
                 .where(Batch.id.in_(ids), Batch.phase == VALIDATING)
                 .values(phase=FAILED, errors=[error], failed_at=utcnow())
             )
-            from genqueue.storage.webhooks import batch_failed  # (it imports this module)
-
             batch_failed(s, ids)
-    return ids
+    return ids + cancelled
 
 
 def recent_batches(store: Store, *, tenant: str | None, limit: int = 20) -> list[BatchView]:

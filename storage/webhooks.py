@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from genqueue.storage import dialect
-from genqueue.storage.batches import FAILED, OPENAI_FINAL_STATUS, batch_state
+from genqueue.storage.batches import CANCELLED, FAILED, OPENAI_FINAL_STATUS, batch_state
 from genqueue.storage.db import Store, aware, utcnow
 from genqueue.storage.models import Batch, Job, WebhookEndpoint, WebhookEvent
 from genqueue.storage.tenants import check_tenant
@@ -159,8 +159,8 @@ def job_ended(s: Session, job: Job) -> None:
 
 
 def _batch_ended(s: Session, batch: Batch) -> None:
-    if batch.phase == FAILED:
-        return  # announced as batch.failed when its input was refused
+    if batch.phase in (FAILED, CANCELLED):
+        return  # announced when it ended before its jobs opened (batch_failed)
     states = list(s.scalars(select(Job.state).where(Job.batch_id == batch.id)))
     status = OPENAI_FINAL_STATUS.get(batch_state(states))
     url = batch.webhook_url or _default_url(s, batch.tenant)
@@ -175,8 +175,10 @@ def _batch_ended(s: Session, batch: Batch) -> None:
         )
 
 
-def batch_failed(s: Session, batch_ids: list[str]) -> None:
-    """These OpenAI batches just failed (their input was refused) in this transaction."""
+def batch_failed(s: Session, batch_ids: list[str], *, event: str = "batch.failed") -> None:
+    """These OpenAI batches just ended before any job of theirs opened, in this
+    transaction: failed (their input was refused), or with `event` batch.cancelled
+    (cancelled while their file was read, the reading then stopped)."""
     if not batch_ids:
         return
     for batch in s.scalars(select(Batch).where(Batch.id.in_(batch_ids))):
@@ -185,7 +187,7 @@ def batch_failed(s: Session, batch_ids: list[str]) -> None:
             _add_event(
                 s,
                 tenant=batch.tenant,
-                type_="batch.failed",
+                type_=event,
                 url=url,
                 data={"id": batch.id},
                 batch_id=batch.id,

@@ -94,3 +94,32 @@ def test_a_validating_batch_whose_submission_died_fails(store: Store) -> None:
     ]
     failed = batches.get_batch(store, batch.id, "a")
     assert failed.phase == batches.FAILED and failed.errors and failed.failed_at
+
+
+def test_a_validating_batch_cancelled_before_its_submission_died_ends_cancelled(
+    store: Store,
+) -> None:
+    from genqueue.api.openai_status import openai_status
+    from genqueue.storage.models import WebhookEvent
+
+    batch = loading.create_batch(
+        store,
+        input_name="in.jsonl",
+        meta={},
+        options={},
+        tenant="a",
+        endpoint="/v1/completions",
+        phase=batches.VALIDATING,
+        webhook_url="http://127.0.0.1:9/hook",
+    )
+    assert not isinstance(batch, str)
+    batches.mark_cancelling(store, batch.id)
+    assert batches.fail_abandoned(store, created_before=utcnow() + timedelta(seconds=1)) == [
+        batch.id
+    ]
+    ended = batches.get_batch(store, batch.id, "a")
+    assert ended.phase == batches.CANCELLED and not ended.errors and ended.failed_at is None
+    assert openai_status(ended, batches.view_batch(store, batch.id)) == "cancelled"
+    with store.read() as s:
+        events = [e.type for e in s.query(WebhookEvent).filter_by(batch_id=batch.id)]
+    assert events == ["batch.cancelled"]
