@@ -61,17 +61,24 @@ def apply(steps: tuple[str, ...], text: str) -> str:
 
 
 # A sentence ends at . ! or ? (possibly repeated, possibly closed by a quote or bracket)
-# followed by whitespace, or at a line break.
-_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+[\"')\]]*(?=\s|$)|\n|$)")
+# followed by whitespace or the end, or at a line break. A dot inside a word or a number
+# (4.5, example.com, v1.2) ends nothing.
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)|\n")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences with their own trailing punctuation (whitespace between them dropped)."""
+    """Sentences with their own trailing punctuation (whitespace between them dropped);
+    joined again, they hold every non-space character of `text`."""
     out = []
-    for m in _SENTENCE.finditer(text):
-        part = m.group(0).strip()
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        part = text[start : m.end()].strip()
         if part:
             out.append(part)
+        start = m.end()
+    rest = text[start:].strip()
+    if rest:
+        out.append(rest)
     return out
 
 

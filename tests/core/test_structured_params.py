@@ -88,6 +88,17 @@ def test_checking_a_grammar_does_not_import_torch() -> None:
             "Good film. Good film! It was fine. good  film.",
             "Good film. It was fine.",
         ),
+        # A dot inside a number, a name or an abbreviation ends no sentence: nothing of
+        # the text is lost (4.5 once came out as "5").
+        (("sentences:1",), "Score: 4.5", "Score: 4.5"),
+        (("sentences:1",), "The price is 3.50 dollars. Cheap.", "The price is 3.50 dollars."),
+        (("sentences:1",), "Visit example.com", "Visit example.com"),
+        (
+            ("dedupe_sentences",),
+            "3.14 is pi. Version 2.0 out. ok",
+            "3.14 is pi. Version 2.0 out. ok",
+        ),
+        (("dedupe_sentences",), "v1.2 is out. v1.2 is out. Ends", "v1.2 is out. Ends"),
         (("collapse_loops",), "I like it a lot a lot a lot really", "I like it a lot really"),
         (("collapse_loops",), "the the the the end", "the end"),
         (("collapse_loops",), "very very good", "very very good"),
