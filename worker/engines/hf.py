@@ -330,9 +330,30 @@ class HFEngine(PromptMethods):
                 decoder_start=getattr(self.config, "decoder_start_token_id", None),
                 device=self.device,
             )
-            for (i, _), value in zip(scored, scores, strict=True):
+            for (i, r), value in zip(scored, scores, strict=True):
                 results[i].choice_scores = value
+                self._label_by_scores(results[i], r.params, value)
         return results
+
+    def _label_by_scores(self, res: GenResult, params: GenerationParams, scores: Any) -> None:
+        """Greedy with label scores: the output is the label of the highest score (the
+        first such label on a tie). Constrained greedy decoding picks one token at a
+        time and may spell a label in pieces the tokenizer never would, ending on a label
+        that is not the likeliest one. Sampled, beam and log-probability outputs stay as
+        decoded (their tokens are what the logprobs describe), as does a label longer
+        than max_new_tokens."""
+        if params.do_sample or params.num_beams > 1 or params.logprobs or not scores:
+            return
+        best = max(params.choices, key=lambda label: scores[label])
+        used = len(self.tokenizer(best, add_special_tokens=False)["input_ids"])
+        if used > params.max_new_tokens:
+            return
+        used += used < params.max_new_tokens  # the end-of-sequence token, with room for it
+        n = len(res.outputs)
+        res.outputs = [best] * n
+        res.finish_reasons = ["stop"] * n
+        res.incomplete = [False] * n
+        res.completion_tokens = used * n
 
     def _logprobs(self, step_logits: Any, row: int, ids: list[int], top: int) -> dict[str, Any]:
         """One output's log-probabilities in OpenAI's shape."""
