@@ -37,7 +37,7 @@ def record_messages(
             f"{where} must be a list of {{role, content}} objects, got {type_name(value)}"
         )
     if not value:
-        raise RecordError(f"{where} is empty; a conversation needs at least one user message")
+        raise RecordError(f"{where} is empty; a conversation needs a message (the user's turn)")
     if len(value) > MAX_MESSAGES:
         raise RecordError(f"{where} has {len(value)} entries; at most {MAX_MESSAGES} allowed")
     out = [_message(f"{where}[{i}]", m) for i, m in enumerate(value)]

@@ -342,6 +342,12 @@ def _render_template(
                 f"template field {{{piece.name}}} is not in the record; "
                 f"{_describe_fields(record)}{where}"
             )
+        if isinstance(value, str) and not value.strip():
+            # A blank review cell would be labelled as if it were one.
+            raise RecordError(
+                f"template field {{{piece.name}}} is empty in the record; give it text, "
+                "or leave the record out"
+            )
         text = _format_value(piece, value, limits.max_prompt_chars - size)
         parts.append(text)
         size += len(text)
@@ -354,7 +360,7 @@ def _render_template(
 
 
 def prompt_too_large(size: int, limits: InputLimits, *, at_least: bool = False) -> str:
-    more = "more than " if at_least else ""
+    more = "at least " if at_least else ""
     return (
         f"the prompt is {more}{size:,} characters; at most {limits.max_prompt_chars:,} are "
         "allowed (GENQUEUE_MAX_PROMPT_CHARS)"

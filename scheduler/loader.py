@@ -165,11 +165,18 @@ class Loader:
         where = "a batch" if len(ids) > 1 else "a job"
         for cid, lines in loading.duplicate_custom_ids(self.store, ids):
             self.n_problems += 1
+            # A record without a custom_id gets `line-N`, which another may name too.
+            generated = (
+                f" (a record without custom_id gets the id {cid!r}; give the records their own ids)"
+                if cid.startswith("line-") and cid[5:].isdigit()
+                else ""
+            )
             self.problems.append(
                 LineProblem(
                     line=lines[0],
                     message=f"custom_id {cid!r} is used more than once (lines "
-                    f"{', '.join(map(str, lines))}); custom_id must be unique within {where}",
+                    f"{', '.join(map(str, lines))}); custom_id must be unique within "
+                    f"{where}{generated}",
                     custom_id=cid,
                 )
             )

@@ -137,6 +137,8 @@ def _check(spec: JobSpec) -> None:
         raise SpecError(f"priority: {spec.priority} is out of range (0..9, 9 most urgent)")
     if spec.chat_template is not None and not spec.chat_template.strip():
         raise SpecError("chat_template is empty; give a Jinja chat template")
+    if spec.chat_template is not None:
+        _check_chat_template(spec.chat_template)
     if spec.metadata:
         _check_metadata(spec.metadata, spec.limits)
     if spec.endpoint is not None and spec.endpoint not in ENDPOINTS:
@@ -197,6 +199,21 @@ def _spec_digest(spec: JobSpec, name: str) -> str:
             "webhook_url": spec.webhook_url,
         }
     )
+
+
+def _check_chat_template(template: str) -> None:
+    """A chat template that is no valid Jinja is refused before any work, with the line
+    of its mistake (transformers parses it the same way, with loop controls on)."""
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment(extensions=[loopcontrols]).parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise SpecError(
+            f"chat_template is not a valid Jinja template: {exc.message} (line {exc.lineno})"
+        ) from None
 
 
 def check_repeat(what: str, made_id: str, options: Any, digest: str) -> None:

@@ -217,7 +217,7 @@ def test_rendered_prompt_is_bounded(
         got,
         db,
         baseline_rss,
-        "line 1: the prompt is more than",
+        "line 1: the prompt is at least",
         "at most 4,000,000 are allowed (GENQUEUE_MAX_PROMPT_CHARS)",
     )
 

@@ -198,7 +198,17 @@ def test_template_format_spec_mismatch_is_a_record_error() -> None:
 
 def test_template_rendering_to_blank_is_rejected() -> None:
     with pytest.raises(RecordError, match="rendered from the template is empty"):
-        render("generate", {"a": " "}, template="{a}")
+        render("generate", {"a": "abc"}, template=" {a:.0}")  # precision 0: no text
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n"])
+def test_an_empty_template_field_is_rejected(value: str) -> None:
+    # A blank review cell would otherwise be labelled as if it were a review.
+    with pytest.raises(RecordError) as err:
+        render("generate", {"review": value}, template="Sentiment of: {review}")
+    assert str(err.value) == (
+        "template field {review} is empty in the record; give it text, or leave the record out"
+    )
 
 
 def test_a_template_names_the_fields_it_needs_in_order() -> None:

@@ -272,6 +272,10 @@ def test_custom_ids_are_unique_across_a_batch_and_model_overrides(
     dup = [openai_line("x", "tiny-gpt2"), openai_line("x", str(tiny_gpt2_dir))]
     with pytest.raises(InputError, match=r"custom_id 'x' is used more than once \(lines 1, 2\)"):
         submit_job(store, None, write(tmp_path, dup), JobSpec())
+    # An id genqueue made for a record without one is named as such.
+    made = write(tmp_path, [{"prompt": "p"}, {"custom_id": "line-1", "prompt": "q"}])
+    with pytest.raises(InputError, match=r"a record without custom_id gets the id 'line-1'"):
+        submit_job(store, None, made, JobSpec(model="tiny-gpt2"))
     lines = [openai_line("a", "m-1"), openai_line("b", "m-2")]
     done = submit_job(store, None, write(tmp_path, lines), JobSpec(model="tiny-gpt2"))
     assert len(done.job_ids) == 1  # --model overrides every line's model
@@ -284,6 +288,14 @@ def test_chat_needs_a_chat_template(store: Store, tmp_path: Path, tiny_gpt2_dir:
     src = write(tmp_path, [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(SpecError, match=r"has no chat template.*--chat-template FILE"):
         submit_job(store, None, src, JobSpec(kind="chat", model=str(bare)))
+    # A template with a Jinja mistake is refused up front, not item by item in the worker.
+    broken = JobSpec(kind="chat", model=str(bare), chat_template="{% for m in messages %}")
+    with pytest.raises(SpecError) as err:
+        submit_job(store, None, src, broken)
+    assert str(err.value).startswith("chat_template is not a valid Jinja template: ")
+    assert "(line 1)" in str(err.value)
+    looped = "{% for m in messages %}{% if loop.first %}{% continue %}{% endif %}{% endfor %}"
+    submit_job(store, None, src, replace(broken, chat_template=looped))  # loop controls parse
     own = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     done = submit_job(store, None, src, JobSpec(kind="chat", model=str(bare), chat_template=own))
     job = status.view_job(store, done.job_id)
