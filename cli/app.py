@@ -119,7 +119,8 @@ def client(
 
 
 def summary(st: dict[str, Any], elapsed: float | None = None) -> str:
-    """`job … completed: 9 succeeded, 1 failed of 10 in 2.0s (5.0 items/s)`."""
+    """`job … completed: 9 succeeded, 1 failed of 10 in 2.0s (5.0 items/s)`: the rate of
+    the items that ran (succeeded or failed)."""
     c = st["counts"]
     parts = [
         f"{'batch' if 'batch_id' in st and 'jobs' in st else 'job'} "
@@ -133,7 +134,9 @@ def summary(st: dict[str, Any], elapsed: float | None = None) -> str:
         parts.append(f"{c['expired']} expired")
     text = ", ".join(parts) + f" of {c['total']}"
     if elapsed:
-        text += f" in {elapsed:.1f}s ({c['total'] / elapsed:.1f} items/s)"
+        # The rate of the items that ran to an end: cancelled and expired ones never ran.
+        ran = c["succeeded"] + c["failed"]
+        text += f" in {elapsed:.1f}s" + (f" ({ran / elapsed:.1f} items/s)" if ran else "")
     return text
 
 

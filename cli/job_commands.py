@@ -285,7 +285,10 @@ def _settle_cancel(gq: Any, job_id: str) -> dict[str, Any]:
             time.sleep(0.1)
             st = gq.status(job_id)
     except KeyboardInterrupt:
-        err.print("[yellow]not waiting: items still running are written as pending[/]")
+        err.print(
+            "[yellow]not waiting: items still running are written as pending; once the job "
+            f"has ended, `genqueue results {job_id} -o FILE` writes what it holds[/]"
+        )
         st = gq.status(job_id)
     return st
 
@@ -351,6 +354,8 @@ def status(
     for key in ("batch_id", *_STATUS_FIELDS):
         if st.get(key) is not None:
             table.add_row(key, str(st[key]))
+    if st.get("chat"):
+        table.add_row("chat", "true (prompts sent through the chat template)")
     table.add_row("items", ", ".join(f"{k} {v}" for k, v in st["counts"].items()))
     if st["duplicate_executions"]:
         table.add_row("duplicate executions", str(st["duplicate_executions"]))
@@ -393,6 +398,11 @@ def jobs(
     limit: int = 50,
 ) -> None:
     """List recent jobs."""
+    from genqueue.storage.models import JobState
+
+    listed = [s.value for s in JobState if s is not JobState.SUBMITTING]
+    if state is not None and state not in listed:
+        raise OptionError(f"--state {state!r} is no job state; use one of {', '.join(listed)}")
     rows = client(database_url, None, dispatch=False, state_dir=state_dir).jobs(
         limit=limit, state=state
     )
