@@ -82,7 +82,7 @@ def run(
     target = output or default_output(input)
     _check_output(target, results_format, errors)
     model = resolve_model_ref(kwargs["model"]) if kwargs["model"] else None
-    final = _run_here(
+    _run_here(
         state_dir or cache_dir() / "embedded",
         lambda gq: gq.submit(open_input(input), **kwargs),
         LocalWorkers(
@@ -98,8 +98,6 @@ def run(
         json_out=json_out,
         started=started,
     )
-    if final["state"] not in ("completed", "completed_with_errors"):
-        raise typer.Exit(1)
 
 
 def _check_output(target: str, results_format: str | None, errors: str | None) -> None:
@@ -166,10 +164,11 @@ def _run_here(
     errors: str | None,
     json_out: bool,
     started: float,
-) -> dict[str, Any]:
+) -> None:
     """Run a job on this machine, on embedded Redis + the state dir's database + local
     workers: `begin(client)` submits it (or queues a job's items again) and returns its
-    id. Follows it to the end, writes every line to `target` and returns its status."""
+    id. Follows it to the end and writes every line to `target`; exits 1 unless it
+    completed."""
     from genqueue.worker.supervisor import Supervisor
 
     config = settings()
@@ -263,9 +262,10 @@ def _run_here(
             err.print(summary(final, elapsed))
             err.print(f"results: [bold]{target}[/] ({n_lines} lines)")
         gq.close()
-        return final
     finally:
         stack.close()
+    if final["state"] not in ("completed", "completed_with_errors"):
+        raise typer.Exit(1)
 
 
 #: How long an interrupted `genqueue run` waits for its running micro-batches.
@@ -622,7 +622,7 @@ def _retry_here(
             gq.retry(job_id, statuses=statuses, deadline=deadline)
         return job_id
 
-    final = _run_here(
+    _run_here(
         state,
         begin,
         LocalWorkers(
@@ -638,5 +638,3 @@ def _retry_here(
         json_out=json_out,
         started=started,
     )
-    if final["state"] not in ("completed", "completed_with_errors"):
-        raise typer.Exit(1)

@@ -9,7 +9,7 @@ from genqueue.storage import loading
 from genqueue.storage.claims import Claim
 from genqueue.storage.completion import complete_task
 from genqueue.storage.db import Store
-from genqueue.storage.models import Job, ResultStatus, Task
+from genqueue.storage.models import Batch, Job, ResultStatus, Task
 from genqueue.storage.results import NewResult
 
 
@@ -28,6 +28,20 @@ def new_job(store: Store, chunk: int = 4, **fields: Any) -> Job:
     job = loading.create_job(store, **{**values, **fields})
     assert isinstance(job, Job)
     return job
+
+
+def api_batch(store: Store, **fields: Any) -> Batch:
+    """A batch made through the OpenAI API, still `validating`; `fields` override."""
+    values: dict[str, Any] = {
+        "input_name": "in.jsonl",
+        "meta": {},
+        "options": {},
+        "endpoint": "/v1/completions",
+        "phase": "validating",
+    }
+    batch = loading.create_batch(store, **{**values, **fields})
+    assert isinstance(batch, Batch)
+    return batch
 
 
 def make_job(

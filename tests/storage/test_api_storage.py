@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from genqueue.storage import batches, catalog, files, loading, tenants, workers
+from genqueue.storage import batches, catalog, files, tenants, workers
 from genqueue.storage.db import Store, utcnow
 from genqueue.storage.errors import ApiKeyNotFound, FileNotFound
 from genqueue.storage.models import ApiKey
+from tests.storage.factories import api_batch
 
 
 def test_keys_are_stored_as_hashes_and_can_be_revoked(store: Store) -> None:
@@ -78,16 +79,7 @@ def test_offered_models_and_live_workers(store: Store) -> None:
 
 
 def test_a_validating_batch_whose_submission_died_fails(store: Store) -> None:
-    batch = loading.create_batch(
-        store,
-        input_name="in.jsonl",
-        meta={},
-        options={},
-        tenant="a",
-        endpoint="/v1/completions",
-        phase=batches.VALIDATING,
-    )
-    assert not isinstance(batch, str)
+    batch = api_batch(store, tenant="a")
     assert batches.fail_abandoned(store, created_before=utcnow() - timedelta(seconds=60)) == []
     assert batches.fail_abandoned(store, created_before=utcnow() + timedelta(seconds=1)) == [
         batch.id
@@ -102,17 +94,7 @@ def test_a_validating_batch_cancelled_before_its_submission_died_ends_cancelled(
     from genqueue.api.openai_status import openai_status
     from genqueue.storage.models import WebhookEvent
 
-    batch = loading.create_batch(
-        store,
-        input_name="in.jsonl",
-        meta={},
-        options={},
-        tenant="a",
-        endpoint="/v1/completions",
-        phase=batches.VALIDATING,
-        webhook_url="http://127.0.0.1:9/hook",
-    )
-    assert not isinstance(batch, str)
+    batch = api_batch(store, tenant="a", webhook_url="http://127.0.0.1:9/hook")
     batches.mark_cancelling(store, batch.id)
     assert batches.fail_abandoned(store, created_before=utcnow() + timedelta(seconds=1)) == [
         batch.id

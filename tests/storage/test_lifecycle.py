@@ -10,7 +10,7 @@ from genqueue.storage.db import Store
 from genqueue.storage.errors import StorageError
 from genqueue.storage.models import ResultStatus
 from genqueue.storage.results import NewResult, iter_results, write_results
-from tests.storage.factories import finish, make_job, new_job, ok, task_ids
+from tests.storage.factories import api_batch, finish, make_job, new_job, ok, task_ids
 
 
 def test_cancel_marks_unfinished_items(store: Store) -> None:
@@ -106,22 +106,6 @@ def test_two_processes_ending_a_cancelled_job_at_once(store: Store) -> None:
         assert view.job.state == "cancelled" and view.counts.cancelled == 400
 
 
-def _api_batch(store: Store) -> str:
-    from genqueue.storage.models import Batch
-
-    batch = loading.create_batch(
-        store,
-        input_name="in.jsonl",
-        meta={},
-        options={},
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        phase="validating",
-    )
-    assert isinstance(batch, Batch)
-    return batch.id
-
-
 def test_a_batch_cancelled_while_its_file_is_read_runs_none_of_it(store: Store) -> None:
     """Cancel during `validating`: the windows stored so far never start, those stored
     later are never sent, a model met later starts stopped, and once the file is stored
@@ -129,7 +113,7 @@ def test_a_batch_cancelled_while_its_file_is_read_runs_none_of_it(store: Store) 
     from genqueue.api.submissions import cancel_jobs
     from genqueue.storage import batches, dispatch
 
-    batch_id = _api_batch(store)
+    batch_id = api_batch(store, endpoint="/v1/chat/completions").id
     job = new_job(store, chunk=2, batch_id=batch_id)
     first = [loading.NewItem(idx=i, line=i + 1, custom_id=f"c{i}", prompt="p") for i in (0, 1)]
     (stored,) = loading.add_chunk(store, job, first, [[0, 1]])
@@ -155,7 +139,7 @@ def test_retrying_a_cancelled_batch_ends_its_cancel(store: Store) -> None:
     from genqueue.storage import batches, retry
     from genqueue.storage.models import Batch
 
-    batch_id = _api_batch(store)
+    batch_id = api_batch(store, endpoint="/v1/chat/completions").id
     job = make_job(store, n=2, chunk=2, batch_id=batch_id)
     batches.opened(store, batch_id)
     batches.mark_cancelling(store, batch_id)
