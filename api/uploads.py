@@ -49,16 +49,19 @@ class CapBodies:
         if scope["type"] != "http" or route in INPUT_ROUTES:
             await self.app(scope, receive, send)
             return
-        refusal = error_response(
-            PayloadTooLarge(
-                f"the request body is over {MAX_CONTROL_BYTES} bytes, the most "
-                f"{route[0]} {route[1]} takes; only POST /v1/files and POST /v1/jobs "
-                "carry inputs"
+
+        def refusal() -> Any:
+            return error_response(
+                PayloadTooLarge(
+                    f"the request body is over {MAX_CONTROL_BYTES} bytes, the most "
+                    f"{route[0]} {route[1]} takes; only POST /v1/files and POST /v1/jobs "
+                    "carry inputs"
+                )
             )
-        )
+
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > MAX_CONTROL_BYTES:
-            await refusal(scope, receive, send)
+            await refusal()(scope, receive, send)
             return
         seen = 0
         answered = False
@@ -70,7 +73,7 @@ class CapBodies:
                 seen += len(message.get("body", b""))
                 if seen > MAX_CONTROL_BYTES and not answered:
                     answered = True
-                    await refusal(scope, receive, send)
+                    await refusal()(scope, receive, send)
                     # The route sees the client gone, and whatever it answers is dropped.
                     return {"type": "http.disconnect"}
             return message
