@@ -2,8 +2,9 @@
 
 "Finalise" means one thing: a job with no open task moves to its final state
 (completed, completed_with_errors, failed, cancelled). Any process may call it at any
-time; the conditional update makes it happen once. Every move to a final state (here
-and in `expire_job`) writes its webhook event in the same transaction (webhooks.py).
+time; it locks the job row and reads it again, so it happens once. Every move to a
+final state (here and in `expire_job`) writes its webhook event in the same
+transaction (webhooks.py).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def _fill_missing_results(s: Session, job_id: str, status: ResultStatus, message
 
 def finalize_job(store: Store, job_id: str) -> str | None:
     """Move a job to its final state once no task is open; returns the new state, if any.
-    Safe to call from any process at any time (conditional update)."""
+    Safe to call from any process at any time (it waits for the job's row lock)."""
     with store.session() as s:
         return finalize_job_in(s, job_id)
 
@@ -134,7 +135,11 @@ def finalize_job_in(s: Session, job_id: str) -> str | None:
     )
     if open_tasks:
         return None  # the common case, answered from the (job_id, state) index alone
-    job = s.get(Job, job_id)
+    # Two processes may end a job at once (a cancel through the API and the reconciler):
+    # the second waits here for the first's commit, then reads the job as it left it,
+    # so one of them ends it and writes its webhook event.
+    dialect.lock_job(s, job_id)
+    job = s.get(Job, job_id, populate_existing=True)
     if job is None or job.state not in LIVE_JOB_STATES:
         return None
     now = utcnow()
@@ -181,6 +186,13 @@ def expire_job(store: Store, job_id: str) -> bool:
                 lease_expires_at=None,
             )
         )
+        # Tasks first, then the job (the lock order in dialect.py); a job that ended
+        # meanwhile in another process (its last task, a cancel) stays as it ended.
+        dialect.lock_job(s, job_id)
+        s.refresh(job)
+        if job.state not in LIVE_JOB_STATES:
+            s.rollback()
+            return False
         _fill_missing_results(
             s, job_id, ResultStatus.EXPIRED, "the job's deadline passed before this item ran"
         )

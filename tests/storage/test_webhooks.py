@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from genqueue.storage import batches, lifecycle, loading, outbox, webhooks
 from genqueue.storage.db import Store, utcnow
-from genqueue.storage.models import Batch, WebhookEvent
+from genqueue.storage.models import Batch, Job, WebhookEvent
 from genqueue.webhooks import WebhookUrlError
 from tests.storage.factories import make_job, run_job
 
@@ -165,3 +165,34 @@ def test_two_deliverers_claiming_at_once_share_the_events(store: Store) -> None:
         )
     ids = [{d.id for d in c} for c in claims]
     assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 12
+
+
+@pytest.mark.parametrize("second", ["finalize", "expire"])
+def test_two_processes_ending_one_job_announce_it_once(store: Store, second: str) -> None:
+    """The API's cancel and the reconciler can end the same job together: the one that
+    comes second waits for the first's commit and leaves the job as it ended, so one
+    event is written. (Found in CI: a cancelled job's webhook was delivered twice.)"""
+    import threading
+
+    webhooks.set_endpoint(store, "acme", url="https://hooks.example/acme")
+    job = make_job(store, 4, tenant="acme")
+    lifecycle.stop_job(store, job.id)  # cancel asked for, not yet ended
+    outcome: list[object] = []
+    with store.session() as first:
+        assert lifecycle.finalize_job_in(first, job.id) == "cancelled"
+        if second == "finalize":
+            other = threading.Thread(
+                target=lambda: outcome.append(lifecycle.finalize_job(store, job.id))
+            )
+        else:
+            other = threading.Thread(
+                target=lambda: outcome.append(lifecycle.expire_job(store, job.id))
+            )
+        other.start()
+        other.join(1.0)
+        assert other.is_alive()  # it waits for this transaction
+    other.join(30)
+    assert outcome == [None if second == "finalize" else False]
+    assert [(e.type, e.job_id) for e in _events(store)] == [("job.cancelled", job.id)]
+    with store.read() as s:
+        assert s.get(Job, job.id).state == "cancelled"
